@@ -1,0 +1,87 @@
+# headswap: `make help` lists the targets and their variables.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# Variables (all optional unless a target says so)
+DATA ?=
+LABELS ?=
+TEST ?=
+OUT ?=
+FEATURES ?=
+RUN ?=
+HEAD ?= logreg
+HEADS ?=
+WEIGHTS ?= imagenet
+SIZE ?=
+POOLING ?= avg
+BACKBONE ?= xception
+DTYPE ?= float16
+PRECISION ?= float32
+VAL ?= 0.2
+SEED ?= 0
+BATCH ?= 32
+
+# `$(call opt,VAR,--flag)` passes --flag "$(VAR)" only when VAR is set.
+opt = $(if $(strip $($(1))),$(2) "$($(1))")
+flag = $(if $(filter 1 yes true,$($(1))),$(2))
+
+.PHONY: help setup extract train-head compare-heads predict demo test lint clean
+
+help: ## show this help
+	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C"
+	@echo "           TRAIN_ROUNDS | IMAGES SUBMISSION=1.  See README.md for each."
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install headswap into it (every target does this on first use)
+
+extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=299] [POOLING=avg] [WEIGHTS=imagenet|none|file.h5]
+	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make extract DATA=~/dogs/train LABELS=~/dogs/labels.csv"; exit 2; }
+	$(PY) -m extract --data "$(DATA)" $(call opt,LABELS,--labels) $(call opt,TEST,--test) \
+	  $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) $(call opt,OUT,--out) \
+	  --backbone "$(BACKBONE)" $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
+	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" \
+	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite)
+
+train-head: $(STAMP) ## train a head on a cache: HEAD=logreg|dense [FEATURES=<h5>] [RUN=<dir>] [HEAD_ARGS='C=0.5']
+	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \
+	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
+	  $(call opt,TRAIN_ROUNDS,--train-rounds)
+
+compare-heads: $(STAMP) ## train several heads on one cache: [FEATURES=<h5>] [HEADS=logreg,dense]
+	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out)
+
+predict: $(STAMP) ## classify images: RUN=<run dir> IMAGES=<file or dir> [OUT=<csv>] [SUBMISSION=1]
+	@test -n "$(RUN)" -a -n "$(IMAGES)" || { echo "error: set RUN=<run dir> and IMAGES=<file or folder>"; exit 2; }
+	$(PY) -m heads predict --run "$(RUN)" --images "$(IMAGES)" $(call opt,OUT,--out) $(call flag,SUBMISSION,--submission)
+
+DEMO_DIR := demo_data/charts
+demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, train and compare logreg and dense
+	$(PY) -m extract.demo_data $(DEMO_DIR) --per-class 60
+	$(PY) -m extract --data $(DEMO_DIR) --size 96 --weights $(if $(filter imagenet,$(WEIGHTS)),auto,$(WEIGHTS)) \
+	  --out features_cache/demo-charts.h5 --overwrite --no-progress
+	$(PY) -m heads compare --features features_cache/demo-charts.h5 --heads logreg,dense --out runs/demo
+
+test: $(STAMP) ## run the test suite (pytest) and lint the Dockerfile
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## hadolint the Dockerfile
+	$(VENV)/bin/hadolint Dockerfile
+
+clean: ## remove generated demo data, runs and caches (keeps .venv)
+	rm -rf demo_data runs features_cache/*.h5 features_cache/*.lock

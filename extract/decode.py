@@ -1,0 +1,97 @@
+"""Decode any image people actually have into an RGB uint8 array of a fixed size.
+
+Files are recognized by content (Pillow sniffs the bytes; the extension is ignored), EXIF
+orientation is applied, and every failure becomes a :class:`DecodeError` whose ``reason``
+starts with a short category (``"truncated: ..."``) that the run summary counts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+class DecodeError(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def category(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+def _open_checked(path: str) -> Image.Image:
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise DecodeError("unreadable: symlink loop") from None
+        raise DecodeError(f"broken symlink: points to {os.readlink(path)}")
+    try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file: 0 bytes")
+        with open(path, "rb") as f:
+            head = f.read(512)
+            f.seek(0)
+            data = f.read()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DecodeError("unreadable: symlink loop") from None
+        raise DecodeError(f"unreadable: {err.strerror}") from None
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        raise DecodeError("not an image: an HTML/XML page (a failed download?)")
+    import io  # noqa: PLC0415
+
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not an image: unknown format") from None
+    except Image.DecompressionBombError as err:
+        raise DecodeError(f"too many pixels: {err}") from None
+    return img
+
+
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode ``path`` as an RGB image (first frame, EXIF orientation applied)."""
+    img = _open_checked(path)
+    w, h = img.size
+    if w * h > max_pixels:
+        raise DecodeError(f"too many pixels: {w}x{h} is over the limit of {max_pixels:,} (MAX_PIXELS=)")
+    try:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8), "L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img)
+        return img.convert("RGB")
+    except DecodeError:
+        raise
+    except OSError as err:
+        msg = str(err)
+        if "truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower():
+            raise DecodeError(f"truncated: {msg}") from None
+        raise DecodeError(f"corrupt: {msg}") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DecodeError(f"corrupt: {err}") from None
+
+
+def load_array(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` and resize to (size, size, 3) uint8 with bilinear filtering."""
+    img = load_rgb(path, max_pixels)
+    if img.size != (size, size):
+        img = img.resize((size, size), RESAMPLE)
+    return np.asarray(img, dtype=np.uint8)

@@ -1,0 +1,74 @@
+"""`python -m heads`: thin CLI over :mod:`heads` (``make train-head`` and ``make predict`` call it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from extract.cli_util import none_or_str, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m heads", description="Train and use heads on cached features.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fit a head on a feature cache")
+    t.add_argument("--head", default="logreg")
+    t.add_argument("--features", type=none_or_str, help="cache .h5 (default: the newest complete one)")
+    t.add_argument("--run", type=none_or_str, help="run folder (default: runs/<cache stem>/<head>/)")
+    t.add_argument("--head-args", default="", help="e.g. 'C=0.5 max_iter=500'")
+    t.add_argument("--epochs", type=int, default=None, help="dense head: maximum epochs")
+    t.add_argument("--c", type=float, default=None, help="logreg: inverse regularization strength")
+    t.add_argument("--train-rounds", default="all", choices=["all", "clean"])
+    t.add_argument("--cache-dir", default="features_cache")
+
+    c = sub.add_parser("compare", help="train several heads on one cache and tabulate them")
+    c.add_argument("--features", type=none_or_str)
+    c.add_argument("--heads", type=none_or_str, help="comma-separated (default: all)")
+    c.add_argument("--out", type=none_or_str, help="folder for compare.md and the runs")
+    c.add_argument("--cache-dir", default="features_cache")
+
+    pr = sub.add_parser("predict", help="classify images with a trained run")
+    pr.add_argument("--run", required=True)
+    pr.add_argument("--images", required=True)
+    pr.add_argument("--out", type=none_or_str)
+    pr.add_argument("--submission", action="store_true")
+    pr.add_argument("--batch", type=int, default=32)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def go():
+        from . import predict, train_head  # noqa: PLC0415
+        from .train import parse_head_args  # noqa: PLC0415
+
+        if args.command == "train":
+            head_args = parse_head_args(args.head_args)
+            if args.epochs is not None:
+                head_args.setdefault("epochs", args.epochs)
+            if args.c is not None:
+                head_args.setdefault("C", args.c)
+            train_head(args.head, args.features, args.run, head_args=head_args,
+                       train_rounds=args.train_rounds, cache_dir=args.cache_dir)
+        elif args.command == "compare":
+            from .compare import compare_heads  # noqa: PLC0415
+
+            compare_heads(args.features, args.heads.split(",") if args.heads else None, args.out,
+                          cache_dir=args.cache_dir)
+        elif args.command == "predict":
+            table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch)
+            with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))
+
+    run_cli(go)
+
+
+def with_pd_options(fn) -> None:
+    import pandas as pd  # noqa: PLC0415
+
+    with pd.option_context("display.max_colwidth", 60, "display.width", 160):
+        fn()
+
+
+if __name__ == "__main__":
+    main()

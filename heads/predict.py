@@ -1,0 +1,96 @@
+"""Classify new images with a trained run: decode → backbone (the cache's recorded config) → head."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .base import load_head
+from .train import RANDOM_WEIGHTS_NOTE, full_proba
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _image_paths(images: Path) -> list[Path]:
+    if images.is_file():
+        return [images]
+    if images.is_dir():
+        from extract.discover import _walk_files  # noqa: PLC0415
+
+        return [images / rel for rel in _walk_files(images)]
+    raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
+
+
+def predict(
+    run: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    submission: bool = False,
+    batch_size: int = 32,
+    log: Callable[[str], None] = _log,
+) -> pd.DataFrame:
+    """Predict every image under ``images`` with the head saved in ``run``.
+
+    Returns one row per image: ``path``, ``label`` (top-1), ``probability``, ``top5``
+    (``"name:p; ..."``) and ``error`` (why an image could not be read, else empty).
+    With ``submission=True`` the CSV written to ``out`` is Kaggle's format instead:
+    ``id`` plus one probability column per class, in class order.
+    """
+    from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
+
+    run = Path(run)
+    info = json.loads((run / "run.json").read_text())
+    config, class_names = info["cache_config"], info["class_names"]
+    head = load_head(run / "head")
+    paths = _image_paths(Path(images))
+    if config["weights"]["kind"] == "none":
+        log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
+    model = load_backbone(config)
+    n = len(paths)
+    feats = np.zeros((n, *model.output_shape[1:]), np.float32)
+    errors = [""] * n
+    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size):
+        # Round through the cache dtype so the head sees exactly what it was trained on.
+        feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
+        for k, r in zip(idx, reasons):
+            errors[k] = r
+    ok = np.array([not e for e in errors], bool)
+    proba = np.full((n, len(class_names)), np.nan)
+    proba[ok] = full_proba(head, feats[ok], len(class_names))
+    names = np.array(class_names, dtype=object)
+    rows = []
+    for i, p in enumerate(paths):
+        if not ok[i]:
+            rows.append({"path": str(p), "label": "", "probability": np.nan, "top5": "", "error": errors[i]})
+            continue
+        order = np.argsort(-proba[i])[:5]
+        rows.append({
+            "path": str(p), "label": names[order[0]], "probability": float(proba[i, order[0]]),
+            "top5": "; ".join(f"{names[j]}:{proba[i, j]:.3f}" for j in order), "error": "",
+        })
+    table = pd.DataFrame(rows)
+    if (~ok).any():
+        log(f"{(~ok).sum()} of {n} images could not be read: " + "; ".join(
+            f"{paths[i].name} ({errors[i]})" for i in np.flatnonzero(~ok)[:5]))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if submission:
+            if (~ok).any():
+                log("WARNING: unreadable images get uniform probabilities in the submission")
+            sub = pd.DataFrame(np.where(ok[:, None], proba, 1 / len(class_names)), columns=class_names)
+            sub.insert(0, "id", [p.stem for p in paths])
+            sub.to_csv(out, index=False)
+        else:
+            table.to_csv(out, index=False)
+        log(f"wrote {out}")
+    return table
