@@ -76,6 +76,7 @@ class HDF5Writer:
         feature_shape: tuple[int, ...],
         dtype: str,
         dataset_name: str = "",
+        data_root: str = "",
         versions: dict[str, str] | None = None,
     ):
         self.path = Path(path)
@@ -90,6 +91,7 @@ class HDF5Writer:
         f.attrs["class_names"] = json.dumps(class_names)
         f.attrs["dataset_fingerprint"] = fingerprint
         f.attrs["dataset_name"] = dataset_name
+        f.attrs["data_root"] = data_root
         f.attrs["versions"] = json.dumps(versions or {})
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         rows = min(CHUNK_ROWS, max(1, (4 << 20) // (int(np.prod(feature_shape)) * np.dtype(dtype).itemsize)))
@@ -218,6 +220,12 @@ class FeatureCache:
     @property
     def attrs(self) -> dict[str, Any]:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._f.attrs.items()}
+
+    @property
+    def data_root(self) -> Path | None:
+        """Absolute folder that cached ``path`` values are relative to (may no longer exist)."""
+        root = self._f.attrs.get("data_root", "")
+        return Path(root) if root else None
 
     @property
     def n_rows(self) -> int:

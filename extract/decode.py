@@ -8,6 +8,7 @@ starts with a short category (``"truncated: ..."``) that the run summary counts.
 from __future__ import annotations
 
 import errno
+import io
 import os
 
 import numpy as np
@@ -49,15 +50,22 @@ def _open_checked(path: str) -> Image.Image:
     stripped = head.lstrip().lower()
     if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         raise DecodeError("not an image: an HTML/XML page (a failed download?)")
-    import io  # noqa: PLC0415
-
     try:
-        img = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DecodeError("not an image: unknown format") from None
     except Image.DecompressionBombError as err:
         raise DecodeError(f"too many pixels: {err}") from None
-    return img
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _decode_failure(err) from None
+
+
+def _decode_failure(err: Exception) -> DecodeError:
+    msg = str(err)
+    low = msg.lower()
+    if "truncated" in low or "broken data stream" in low or "premature end" in low:
+        return DecodeError(f"truncated: {msg}")
+    return DecodeError(f"corrupt: {type(err).__name__}: {msg}")
 
 
 def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -78,15 +86,8 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
         return img.convert("RGB")
-    except DecodeError:
-        raise
-    except OSError as err:
-        msg = str(err)
-        if "truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower():
-            raise DecodeError(f"truncated: {msg}") from None
-        raise DecodeError(f"corrupt: {msg}") from None
-    except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DecodeError(f"corrupt: {err}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _decode_failure(err) from None
 
 
 def load_array(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

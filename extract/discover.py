@@ -50,6 +50,7 @@ class Skip:
 @dataclass
 class Discovery:
     name: str
+    root: str
     class_names: list[str]
     items: list[Item]
     skipped: list[Skip] = field(default_factory=list)
@@ -253,4 +254,4 @@ def discover(
         test = Path(test)
         _check_root(test, "TEST")
         items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST) for rel in _walk_files(test)]
-    return Discovery(name=name, class_names=classes, items=items, skipped=skipped, notes=notes)
+    return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped, notes=notes)

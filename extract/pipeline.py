@@ -230,7 +230,7 @@ def extract_features(
     feature_shape = tuple(int(d) for d in model.output_shape[1:])
     writer = cache_mod.HDF5Writer(
         path, config=config, class_names=found.class_names, fingerprint=fingerprint,
-        feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, versions=_versions(),
+        feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root, versions=_versions(),
     )
     result = run_extraction(found, model, writer, config, batch_size=batch_size, max_pixels=max_pixels,
                             progress=progress, log=log)

@@ -1,0 +1,29 @@
+# headswap on GPUs: `docker build -t headswap .` then
+#   docker run --gpus all -v "$PWD/data:/data" -v "$PWD/features_cache:/app/features_cache" \
+#     -v "$PWD/runs:/app/runs" headswap make extract DATA=/data
+# The base image pins the same TensorFlow as pyproject.toml (2.21, Keras 3).
+FROM tensorflow/tensorflow:2.21.0-gpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_FORCE_GPU_ALLOW_GROWTH=true
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 headswap
+WORKDIR /app
+COPY --chown=headswap:headswap . /app
+USER 1000
+
+# Installed the same way as the README (`make setup`); the venv sees the base image's
+# CUDA-enabled TensorFlow, so pip keeps it instead of downloading another.
+RUN python3 -m venv --system-site-packages .venv \
+    && make setup
+
+VOLUME ["/data", "/app/features_cache", "/app/runs", "/home/headswap/.keras"]
+ENTRYPOINT []
+CMD ["make", "help"]

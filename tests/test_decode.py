@@ -1,0 +1,134 @@
+"""Decoding what people actually have, and a clear reason for every file that can't be used."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from conftest import SIZE, draw, write_class_folders
+from PIL import Image
+
+from extract import FeatureCache, extract_features
+from extract.decode import DecodeError, load_array, load_rgb
+
+
+def _jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def picture() -> Image.Image:
+    return draw("circle", np.random.default_rng(0), w=40, h=30)
+
+
+@pytest.mark.parametrize("fmt,mode", [
+    ("JPEG", "CMYK"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "L"), ("PNG", "I;16"),
+    ("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB"), ("TIFF", "RGB"),
+])
+def test_formats_decode_to_rgb(tmp_path, picture, fmt, mode):
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(picture.convert("L"), np.uint16) * 257))
+    else:
+        img = picture.convert(mode)
+    path = tmp_path / f"x.{fmt.lower()}"
+    img.save(path, fmt)
+    arr = load_array(str(path), 32)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    reference = np.asarray(picture.convert("RGB").resize((32, 32), Image.BILINEAR), np.float32)
+    if mode in ("L", "I;16"):
+        reference = np.asarray(picture.convert("L").convert("RGB").resize((32, 32), Image.BILINEAR), np.float32)
+    assert np.abs(arr.astype(np.float32) - reference).mean() < 12  # same picture (lossy formats aside)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    img = Image.fromarray(np.full((8, 8), 32768, np.uint16))
+    img.save(tmp_path / "a.png")
+    assert abs(int(load_rgb(str(tmp_path / "a.png")).getpixel((0, 0))[0]) - 127) <= 1
+
+
+def test_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    r, g, b = load_rgb(str(tmp_path / "a.gif")).getpixel((5, 5))
+    assert r > 200 and b < 50
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img.save(tmp_path / "o.jpg", exif=exif.tobytes())
+    assert load_rgb(str(tmp_path / "o.jpg")).size == (20, 40)
+
+
+def test_png_named_jpg_decodes(tmp_path, picture):
+    picture.save(tmp_path / "really_a_png.jpg", "PNG")
+    assert load_array(str(tmp_path / "really_a_png.jpg"), 16).shape == (16, 16, 3)
+
+
+def _bad_files(root, picture) -> dict[str, str]:
+    """Write one file per failure case; return relpath → expected reason category."""
+    good = _jpeg_bytes(picture)
+    c = root / "circle"
+    (c / "empty.jpg").write_bytes(b"")
+    (c / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (c / "random.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
+    (c / "error_page.jpg").write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    Image.new("L", (12000, 8000)).save(c / "bomb.png")  # 96 Mpx > Pillow's 89.5 Mpx limit
+    os.symlink(c / "does_not_exist.jpg", c / "broken_link.jpg")
+    os.symlink(c / "loop_b.jpg", c / "loop_a.jpg")
+    os.symlink(c / "loop_a.jpg", c / "loop_b.jpg")
+    return {
+        "circle/empty.jpg": "empty file", "circle/truncated.jpg": "truncated",
+        "circle/random.jpg": "not an image", "circle/error_page.jpg": "not an image",
+        "circle/bomb.png": "too many pixels", "circle/broken_link.jpg": "broken symlink",
+        "circle/loop_a.jpg": "unreadable", "circle/loop_b.jpg": "unreadable",
+    }
+
+
+def test_every_bad_file_is_skipped_with_its_reason_and_the_rest_is_cached(tmp_path, picture):
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    expected = _bad_files(data, picture)
+    picture.save(data / "square" / "png_named.jpg", "PNG")
+    picture.save(data / "square" / "with space ünïcode.png")
+    weird = os.fsencode(str(data / "stripes")) + b"/latin1_\xe9.png"
+    with open(weird, "wb") as f:
+        picture.save(f, "PNG")
+    (data / "stray_at_root.png").write_bytes((data / "square" / "png_named.jpg").read_bytes())
+    expected["stray_at_root.png"] = "not in a class folder"
+    logs = []
+    result = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", progress=False, log=logs.append)
+    with FeatureCache(result.path) as c:
+        skipped = dict(c.skipped())
+        cached = set(c.column("path"))
+    assert {p: r.split(":")[0] for p, r in skipped.items()} == expected
+    assert {"square/png_named.jpg", "square/with space ünïcode.png", os.fsdecode(b"stripes/latin1_\xe9.png")} <= cached
+    assert len(cached) == 9 + 3
+    summary = next(m for m in logs if "skipped" in m)
+    assert summary.startswith(f"{len(expected)} of {len(expected) + 12} images skipped (")
+    assert "1 truncated" in summary and "2 not an image" in summary
+
+
+def test_a_permission_error_is_a_reason_not_a_crash(tmp_path, picture, monkeypatch):
+    path = tmp_path / "locked.jpg"
+    picture.save(path)
+    real_open = open
+
+    def guarded(file, *a, **kw):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", guarded)
+    with pytest.raises(DecodeError, match="unreadable: Permission denied"):
+        load_rgb(str(path))
+
+
+def test_pixel_limit_is_configurable(tmp_path, picture):
+    picture.save(tmp_path / "a.png")
+    with pytest.raises(DecodeError, match="too many pixels: 40x30 is over the limit of 1,000"):
+        load_rgb(str(tmp_path / "a.png"), max_pixels=1000)
