@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             args.data, args.labels, args.test, out=args.out, cache_dir=args.cache_dir, backbone=args.backbone,
             size=args.size, pooling=args.pooling, weights=args.weights, dtype=args.dtype, precision=args.precision,
             val=args.val, seed=args.seed, batch_size=args.batch, id_col=args.id_col, label_col=args.label_col,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, overwrite=args.overwrite, progress=not args.no_progress,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, overwrite=args.overwrite, flush_rows=args.flush_rows,
+            progress=not args.no_progress,
         )
 
     run_cli(go)

@@ -1,17 +1,27 @@
 """The HDF5 feature cache: the one module that knows its schema (documented in features_cache/README.md).
 
-Writers (:class:`HDF5Writer`, and :class:`MemoryWriter` for tests) share one small interface:
-``write(batch)``, ``skip(path, reason)``, ``close(complete)``. Readers use :class:`FeatureCache`.
-Nothing here imports TensorFlow, so scikit-learn heads can read caches without it.
+Writers share one small interface: ``write(batch)``, ``skip(path, reason)``, ``close(complete)``.
+
+* :class:`PartsWriter` is what extraction writes to: rows go to atomic part files
+  (``<cache>.h5.parts/part-NNNNNN.npz``, written to a temp name, then renamed), so a run killed at
+  any moment leaves only whole parts behind and the next run resumes after the last one.
+* :func:`assemble` then streams kept rows of an older cache plus the parts into ``<cache>.h5.tmp``
+  through :class:`HDF5Writer`, sets ``complete`` last, and renames it over ``<cache>.h5``.
+* :class:`MemoryWriter` collects rows for tests.
+
+Readers use :class:`FeatureCache`. Nothing here imports TensorFlow, so scikit-learn heads can read
+caches without it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -51,6 +61,7 @@ class Batch:
     path: list[str]
     split: list[str]
     round: np.ndarray
+    stamp: list[str] = field(default_factory=list)  # "size:mtime_ns" of the source file, per row
 
 
 class CacheWriter(Protocol):
@@ -101,6 +112,7 @@ class HDF5Writer:
         f.create_dataset("round", shape=(0,), maxshape=(None,), dtype="i2", chunks=(4096,))
         f.create_dataset("path", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
         f.create_dataset("split", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
+        f.create_dataset("stamp", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
         g = f.create_group("skipped")
         g.create_dataset("path", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
         g.create_dataset("reason", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
@@ -119,6 +131,7 @@ class HDF5Writer:
         self._append(f["round"], np.asarray(batch.round, dtype="i2"))
         self._append(f["path"], _encode(batch.path))
         self._append(f["split"], [s.encode() for s in batch.split])
+        self._append(f["stamp"], [s.encode() for s in batch.stamp] or [b""] * len(batch.path))
         self.rows += len(batch.path)
         f.flush()
 
@@ -166,6 +179,217 @@ class CacheError(RuntimeError):
     """The cache file cannot be used; the message says why and what to do."""
 
 
+def parts_dir(path: str | os.PathLike) -> Path:
+    """Where an unfinished extraction of ``path`` keeps its flushed rows."""
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
+
+
+class PartsWriter:
+    """Buffers rows and flushes them as atomic part files of about ``flush_bytes``.
+
+    A part is written to ``part-NNNNNN.npz.tmp`` and renamed, so after a SIGKILL at any
+    moment every ``part-*.npz`` is whole. ``close()`` flushes what is left; it never marks
+    anything complete (that is :func:`assemble`'s job).
+    """
+
+    def __init__(self, folder: str | os.PathLike, config: dict[str, Any], flush_rows: int = 1024):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "config.json"
+        if not meta.exists():
+            _atomic_write(meta, _canonical({"config_key": config_key(config), "config": config}).encode())
+        self.flush_rows = max(1, int(flush_rows))
+        self._rows: list[Batch] = []
+        self._skips: list[tuple[str, str]] = []
+        self._n = 0
+        self._next = 1 + max((int(p.name[5:11]) for p in self.folder.glob("part-*.npz")), default=-1)
+
+    def write(self, batch: Batch) -> None:
+        self._rows.append(batch)
+        self._n += len(batch.path)
+        if self._n >= self.flush_rows:
+            self.flush()
+
+    def skip(self, path: str, reason: str) -> None:
+        self._skips.append((path, reason))
+
+    def flush(self) -> None:
+        if not self._rows and not self._skips:
+            return
+        rows = self._rows
+        arrays = {
+            "features": np.concatenate([b.features for b in rows]) if rows else np.zeros((0,)),
+            "label": np.concatenate([np.asarray(b.label, "i4") for b in rows]) if rows else np.zeros(0, "i4"),
+            "round": np.concatenate([np.asarray(b.round, "i2") for b in rows]) if rows else np.zeros(0, "i2"),
+            "path": np.array([p for b in rows for p in b.path], dtype=str),
+            "split": np.array([p for b in rows for p in b.split], dtype=str),
+            "stamp": np.array([p for b in rows for p in b.stamp], dtype=str),
+            "skipped_path": np.array([p for p, _ in self._skips], dtype=str),
+            "skipped_reason": np.array([r for _, r in self._skips], dtype=str),
+        }
+        target = self.folder / f"part-{self._next:06d}.npz"
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        self._next += 1
+        self._rows, self._skips, self._n = [], [], 0
+
+    def close(self, complete: bool = False) -> None:
+        self.flush()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def iter_parts(folder: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
+    """Every whole part in write order, as a dict of arrays (no pickle)."""
+    for part in sorted(Path(folder).glob("part-*.npz")):
+        with np.load(part, allow_pickle=False) as z:
+            yield {k: z[k] for k in z.files}
+
+
+def parts_config_key(folder: str | os.PathLike) -> str | None:
+    meta = Path(folder) / "config.json"
+    return json.loads(meta.read_text())["config_key"] if meta.is_file() else None
+
+
+def done_in_parts(folder: str | os.PathLike) -> dict[tuple[str, int], str]:
+    """(path, round) → stamp of every row already flushed to parts."""
+    done: dict[tuple[str, int], str] = {}
+    for part in iter_parts(folder):
+        for path, rnd, stamp in zip(part["path"], part["round"], part["stamp"]):
+            done[(str(path), int(rnd))] = str(stamp)
+    return done
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """What the current data set says about an image: its label, split and file stamp."""
+
+    label: int
+    split: str
+    stamp: str
+
+
+def assemble(
+    path: str | os.PathLike,
+    *,
+    current: dict[str, RowInfo],
+    wanted_rounds: dict[str, int],
+    skipped: list[tuple[str, str]],
+    old: str | os.PathLike | None = None,
+    block_rows: int = 4096,
+    **header: Any,
+) -> int:
+    """Write the complete cache at ``path`` from the kept rows of ``old`` and the parts.
+
+    A row is kept when its image is still in ``current`` with the same stamp and its round is
+    below ``wanted_rounds[path]``; its label and split come from ``current``. ``skipped`` (from
+    discovery) and the skips recorded in the parts make the ``skipped`` group. The file is built
+    as ``<path>.tmp``, marked complete last, fsynced and renamed; then the parts are removed.
+    Returns the number of rows written.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = HDF5Writer(tmp, **header)
+    written: set[tuple[str, int]] = set()
+
+    def keep(paths, rounds, stamps) -> list[int]:
+        out = []
+        for i, (p, r, st) in enumerate(zip(paths, rounds, stamps)):
+            info, key = current.get(p), (p, int(r))
+            if info is not None and info.stamp == st and int(r) < wanted_rounds.get(p, 1) and key not in written:
+                written.add(key)
+                out.append(i)
+        return out
+
+    def emit(features, paths, rounds, stamps) -> None:
+        writer.write(Batch(
+            features=features, label=np.array([current[p].label for p in paths], "i4"),
+            path=list(paths), split=[current[p].split for p in paths], round=np.asarray(rounds, "i2"),
+            stamp=list(stamps),
+        ))
+
+    try:
+        if old is not None and Path(old).exists():
+            with FeatureCache(old) as c:
+                paths, rounds, stamps = c.column("path"), c.column("round"), c.column("stamp")
+                idx = np.array(keep(paths, rounds, stamps), dtype=np.int64)
+                for part_idx, feats in c.iter_blocks(idx, block_rows):
+                    emit(feats, paths[part_idx], rounds[part_idx], stamps[part_idx])
+        reasons = dict(skipped)
+        for part in iter_parts(parts_dir(path)):
+            paths = [str(p) for p in part["path"]]
+            sel = keep(paths, part["round"], [str(s) for s in part["stamp"]])
+            if sel:
+                emit(part["features"][sel], [paths[i] for i in sel], part["round"][sel], part["stamp"][sel].tolist())
+            reasons.update((str(p), str(r)) for p, r in zip(part["skipped_path"], part["skipped_reason"])
+                           if str(p) in current)
+        cached = {p for p, _ in written}
+        for p, reason in reasons.items():
+            if p not in cached:
+                writer.skip(p, reason)
+        rows = writer.rows
+        writer.close(complete=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+    return rows
+
+
+class CacheLock:
+    """``<cache>.lock`` holding the writer's pid; a lock left by a dead process is taken over."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).with_name(Path(path).name + ".lock")
+        self.took_over_from: int | None = None
+
+    def __enter__(self) -> "CacheLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise CacheError(
+                        f"another extract (pid {pid}) is writing {self.path.with_suffix('')} right now. "
+                        f"Wait for it to finish, or stop it and rerun to resume."
+                    ) from None
+                self.took_over_from = pid
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise CacheError(f"could not take the lock {self.path}; remove it if no extract is running")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    return True
+
+
 class FeatureCache:
     """Read-only view of a cache file. Use as a context manager.
 
@@ -175,6 +399,11 @@ class FeatureCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
+            if parts_dir(self.path).is_dir():
+                raise CacheError(
+                    f"{self.path} is incomplete: its extraction was interrupted (or is still running). "
+                    f"Rerun the same `make extract` command to resume and finish it."
+                )
             raise CacheError(f"FEATURES={self.path} does not exist. Run `make extract DATA=...` first.")
         try:
             self._f = h5py.File(self.path, "r")

@@ -39,6 +39,7 @@ class Item:
     abspath: str
     label: int
     split: str
+    stamp: str = ""  # "size:mtime_ns": a changed stamp means the image must be re-extracted
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,19 @@ class Discovery:
         h = hashlib.sha256()
         h.update("\0".join(self.class_names).encode())
         for it in self.items:
-            try:
-                st = os.stat(it.abspath)
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError as err:
-                stamp = f"error:{err.errno}"
-            h.update(f"\n{it.relpath}\0{it.label}\0{it.split}\0{stamp}".encode("utf-8", "surrogateescape"))
+            h.update(f"\n{it.relpath}\0{it.label}\0{it.split}\0{it.stamp}".encode("utf-8", "surrogateescape"))
         for sk in self.skipped:
             h.update(f"\nskip:{sk.relpath}".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
+
+
+def file_stamp(path: str) -> str:
+    """Size and modification time of ``path`` (following symlinks), or why it has none."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        return f"error:{err.errno}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def split_fraction(relpath: str, seed: int) -> float:
@@ -248,10 +253,11 @@ def discover(
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     splits = _assign_splits([(rel, label) for rel, _, label in rows], val, seed)
-    items = [Item(rel, path, label, splits[rel]) for rel, path, label in rows]
-    items += [Item(rel, path, label, TEST) for rel, path, label in labelled_test]
+    items = [Item(rel, path, label, splits[rel], file_stamp(path)) for rel, path, label in rows]
+    items += [Item(rel, path, label, TEST, file_stamp(path)) for rel, path, label in labelled_test]
     if test is not None:
         test = Path(test)
         _check_root(test, "TEST")
-        items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST) for rel in _walk_files(test)]
+        items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST, file_stamp(str(test / rel)))
+                  for rel in _walk_files(test)]
     return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped, notes=notes)

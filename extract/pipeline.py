@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -72,7 +73,7 @@ def make_config(
         "backbone": spec.as_config(),
         "size": size,
         "pooling": pooling,
-        "weights": weights_identity(spec, weights),
+        "weights": weights_identity(spec, weights, size),
         "dtype": dtype,
         "precision": precision,
         "seed": int(seed),
@@ -153,34 +154,73 @@ def _summarise_skips(reasons: list[str]) -> str:
     return ", ".join(f"{n} {cat}" for cat, n in counts.most_common())
 
 
-def _check_existing(path: Path, config: dict[str, Any], fingerprint: str, overwrite: bool) -> bool:
-    """True if ``path`` already holds this exact cache; raise if it holds something we must not clobber."""
-    if not path.exists():
-        return False
-    if overwrite:
-        path.unlink()
-        return False
-    try:
-        with cache_mod.FeatureCache(path) as c:
-            same_config = c.attrs.get("config_key") == cache_mod.config_key(config)
-            complete, old_fp = c.complete, c.fingerprint
-    except cache_mod.CacheError as err:
-        raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
-    if not same_config:
-        raise cache_mod.CacheError(
-            f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
-            f"seed or val differ). Choose another OUT= or pass OVERWRITE=1 to replace it."
-        )
-    if not complete:
-        raise cache_mod.CacheError(
-            f"{path} is an incomplete cache from an interrupted run. Pass OVERWRITE=1 to start over."
-        )
-    if old_fp != fingerprint:
-        raise cache_mod.CacheError(
-            f"{path} was extracted from a different version of this data set (images added, removed "
-            f"or modified since). Its features are stale: pass OVERWRITE=1 to re-extract."
-        )
-    return True
+@dataclass(frozen=True)
+class View:
+    """One row to extract: an image and its round (0 = the clean view)."""
+
+    item: Item
+    round: int = 0
+
+
+@dataclass
+class Plan:
+    """What an extract run has to do, given what is on disk already."""
+
+    views: list[View]  # still to extract
+    old: Path | None  # complete cache whose matching rows are kept
+    message: str = ""
+    up_to_date: bool = False
+
+
+def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
+    """Rows wanted per image: training images get 1 + ROUNDS views, others the clean view only."""
+    k = int(config["augmentation"].get("rounds", 0))
+    return {it.relpath: (1 + k if it.split == "train" else 1) for it in found.items}
+
+
+def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str) -> Plan:
+    """Decide between up to date, resume, incremental update and a fresh run; refuse a clash."""
+    key = cache_mod.config_key(config)
+    rounds = wanted_rounds(found, config)
+    views = [View(it, r) for it in found.items for r in range(rounds[it.relpath])]
+    have: dict[tuple[str, int], str] = {}
+    old, message = None, ""
+    if path.exists():
+        try:
+            with cache_mod.FeatureCache(path) as c:
+                if c.attrs.get("config_key") != key:
+                    raise cache_mod.CacheError(
+                        f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
+                        f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
+                    )
+                if c.complete and c.fingerprint == fingerprint:
+                    return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(c.skipped()):,} skipped); "
+                                          f"nothing to do", up_to_date=True)
+                old_rows = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+        except cache_mod.CacheError as err:
+            if "another config" in str(err):
+                raise
+            raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
+        old, have = path, old_rows
+        current = {it.relpath: it.stamp for it in found.items}
+        old_paths = {p for p, _ in old_rows}
+        added = [p for p in current if p not in old_paths]
+        removed = [p for p in old_paths if p not in current]
+        modified = [p for p in current if p in old_paths and old_rows.get((p, 0)) != current[p]]
+        message = (f"data changed since {path.name} was made: {len(added):,} added, {len(removed):,} removed, "
+                   f"{len(modified):,} modified")
+    parts = cache_mod.parts_dir(path)
+    if parts.is_dir():
+        parts_key = cache_mod.parts_config_key(parts)
+        if parts_key not in (None, key):
+            raise cache_mod.CacheError(
+                f"{parts} holds an interrupted extraction of another config. Choose another OUT= or pass OVERWRITE=1."
+            )
+        have.update(cache_mod.done_in_parts(parts))
+    todo = [v for v in views if have.get((v.item.relpath, v.round)) != v.item.stamp]
+    if parts.is_dir() and not message:
+        message = f"resuming: {len(views) - len(todo):,} of {len(views):,} done"
+    return Plan(todo, old, message)
 
 
 def extract_features(
@@ -203,13 +243,16 @@ def extract_features(
     label_col: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
+    flush_rows: int = 1024,
     progress: bool = True,
     log: Callable[[str], None] = _log,
 ) -> ExtractResult:
     """Extract bottleneck features of every image under ``data`` into an HDF5 cache.
 
-    Returns an :class:`ExtractResult` whose ``path`` is the cache file. A complete cache with
-    the same config and data fingerprint is reused without work (``up_to_date=True``).
+    Returns an :class:`ExtractResult` whose ``path`` is the cache file. A complete cache with the
+    same config and data is reused without work (``up_to_date=True``); an interrupted run is
+    resumed; a changed data set is updated incrementally (only added or modified images are
+    extracted). Rows are flushed every ``flush_rows`` rows.
     """
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
@@ -218,30 +261,55 @@ def extract_features(
                          precision=precision, seed=seed, val=val)
     path = Path(out) if out is not None else cache_mod.default_path(found.name, config, cache_dir)
     fingerprint = found.fingerprint()
-    if _check_existing(path, config, fingerprint, overwrite):
-        with cache_mod.FeatureCache(path) as c:
-            rows, skipped = c.n_rows, len(c.skipped())
-        log(f"up to date: {path} ({rows:,} rows, {skipped:,} skipped); nothing to do")
-        return ExtractResult(path, rows, skipped, 0.0, up_to_date=True)
-    if config["weights"]["kind"] == "none":
-        log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    with cache_mod.CacheLock(path) as lock:
+        if lock.took_over_from:
+            log(f"note: took over a stale lock left by pid {lock.took_over_from}, which is no longer running")
+        if overwrite:
+            path.unlink(missing_ok=True)
+            shutil.rmtree(cache_mod.parts_dir(path), ignore_errors=True)
+        plan = plan_extraction(path, config, found, fingerprint)
+        if plan.message:
+            log(plan.message)
+        if plan.up_to_date:
+            with cache_mod.FeatureCache(path) as c:
+                return ExtractResult(path, c.n_rows, len(c.skipped()), 0.0, up_to_date=True)
+        if config["weights"]["kind"] == "none":
+            log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+        start = time.perf_counter()
+        model = load_backbone(config) if plan.views else None
+        feature_shape = tuple(int(d) for d in model.output_shape[1:]) if model else _old_feature_shape(plan.old)
+        writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
+        skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
+                                      max_pixels=max_pixels, progress=progress)
+        rows = cache_mod.assemble(
+            path, current={it.relpath: cache_mod.RowInfo(it.label, it.split, it.stamp) for it in found.items},
+            wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
+            old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
+            feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root,
+            versions=_versions(),
+        )
+        seconds = time.perf_counter() - start
+    with cache_mod.FeatureCache(path) as c:
+        all_skips = [r for _, r in c.skipped()]
+    n_given = len(found.items) + len(found.skipped)
+    if all_skips:
+        log(f"{len(all_skips):,} of {n_given:,} images skipped ({_summarise_skips(all_skips)}); "
+            f"reasons are stored in the cache (`make verify` lists them)")
+    else:
+        log(f"0 of {n_given:,} images skipped")
+    log(f"extracted {len(plan.views) - len(skip_reasons):,} views in {seconds:,.1f} s "
+        f"({len(plan.views) / max(seconds, 1e-9):,.1f} images/s); {rows:,} rows in the cache")
+    log(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
+    return ExtractResult(path, rows, len(all_skips), seconds)
 
-    model = load_backbone(config)
-    feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    writer = cache_mod.HDF5Writer(
-        path, config=config, class_names=found.class_names, fingerprint=fingerprint,
-        feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root, versions=_versions(),
-    )
-    result = run_extraction(found, model, writer, config, batch_size=batch_size, max_pixels=max_pixels,
-                            progress=progress, log=log)
-    result.path = path
-    size_mb = path.stat().st_size / 1e6
-    log(f"wrote {path} ({size_mb:,.1f} MB)")
-    return result
+
+def _old_feature_shape(old: Path | None) -> tuple[int, ...]:
+    with cache_mod.FeatureCache(old) as c:
+        return c.feature_shape
 
 
 def run_extraction(
-    found: Discovery,
+    views: list[View],
     model,
     writer: cache_mod.CacheWriter,
     config: dict[str, Any],
@@ -249,45 +317,41 @@ def run_extraction(
     batch_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
-    log: Callable[[str], None] = _log,
-) -> ExtractResult:
-    """Feed every discovered item through ``model`` into ``writer``; record every skip with its reason."""
+) -> list[str]:
+    """Feed every view through ``model`` into ``writer``; record each failure with its reason.
+
+    Returns the skip reasons. A write error becomes a :class:`CacheError` saying how to resume.
+    """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    items: list[Item] = found.items
-    start = time.perf_counter()
-    skip_reasons = []
-    complete = False
+    skip_reasons: list[str] = []
+    if not views:
+        return skip_reasons
+    bar = tqdm(total=len(views), unit="img", disable=not progress, desc="extract", dynamic_ncols=True)
     try:
-        for sk in found.skipped:
-            writer.skip(sk.relpath, sk.reason)
-            skip_reasons.append(sk.reason)
-        bar = tqdm(total=len(items), unit="img", disable=not progress, desc="extract", dynamic_ncols=True)
-        for idx, feats, reasons in embed([it.abspath for it in items], model, config["size"], batch_size, max_pixels):
+        for idx, feats, reasons in embed([v.item.abspath for v in views], model, config["size"], batch_size,
+                                         max_pixels):
+            batch = [views[i] for i in idx]
             ok = [k for k, r in enumerate(reasons) if not r]
             for k, r in enumerate(reasons):
                 if r:
-                    writer.skip(items[idx[k]].relpath, r)
+                    writer.skip(batch[k].item.relpath, r)
                     skip_reasons.append(r)
             if ok:
-                rows = [items[idx[k]] for k in ok]
+                rows = [batch[k] for k in ok]
                 writer.write(cache_mod.Batch(
-                    features=feats[ok], label=np.array([it.label for it in rows]),
-                    path=[it.relpath for it in rows], split=[it.split for it in rows],
-                    round=np.zeros(len(rows), np.int16),
+                    features=feats[ok], label=np.array([v.item.label for v in rows]),
+                    path=[v.item.relpath for v in rows], split=[v.item.split for v in rows],
+                    round=np.array([v.round for v in rows], np.int16), stamp=[v.item.stamp for v in rows],
                 ))
             bar.update(len(reasons))
-        bar.close()
-        complete = True
+        writer.close(complete=True)
+    except OSError as err:
+        raise cache_mod.CacheError(
+            f"writing features failed: {err}. The rows flushed so far are kept in "
+            f"{getattr(writer, 'folder', 'the parts folder')}; fix the cause (e.g. free disk space) and rerun "
+            f"the same command to resume."
+        ) from err
     finally:
-        writer.close(complete)
-    seconds = time.perf_counter() - start
-    n_given = len(items) + len(found.skipped)
-    n_ok = n_given - len(skip_reasons)
-    if skip_reasons:
-        log(f"{len(skip_reasons):,} of {n_given:,} images skipped ({_summarise_skips(skip_reasons)}); "
-            f"reasons are stored in the cache (`make verify` lists them)")
-    else:
-        log(f"0 of {n_given:,} images skipped")
-    log(f"extracted {n_ok:,} images in {seconds:,.1f} s ({len(items) / max(seconds, 1e-9):,.1f} images/s)")
-    return ExtractResult(Path(getattr(writer, "path", "")), n_ok, len(skip_reasons), seconds)
+        bar.close()
+    return skip_reasons
