@@ -2,7 +2,10 @@
 
 Each entry is a frozen :class:`BackboneSpec`. Its ``as_config()`` goes into the cache's
 ``config`` attribute, so a head or ``predict`` can check it reads the features it expects.
-Adding a backbone is one ``register_backbone(BackboneSpec(...))`` line.
+Adding a backbone is one ``register_backbone(BackboneSpec(...))`` entry.
+
+Every number and file name below was read from Keras 3's ``keras/src/applications/*.py`` and
+checked by building the network (``tests/test_backbones.py`` checks them against Keras again).
 
 TensorFlow is imported only inside :func:`build_backbone`, so reading the registry is cheap.
 """
@@ -12,12 +15,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KERAS_MODELS_DIR = Path("~/.keras/models").expanduser()
+# Where Keras's ``get_file(..., cache_subdir="models")`` keeps weights: $KERAS_HOME/models, else ~/.keras/models.
+KERAS_MODELS_DIR = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
+
+_TF_KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# Fields that document a backbone but do not change its features: kept out of the cache key,
+# so correcting a URL or a GFLOPs figure does not orphan every existing cache.
+_NOT_KEYED = {"cache_key": False}
 
 
 @dataclass(frozen=True)
@@ -26,12 +36,24 @@ class BackboneSpec:
 
     Attributes
     ----------
-    name : registry key, e.g. ``"xception"``.
+    name : registry key, e.g. ``"xception"`` (the Keras class name in lower case).
     constructor : dotted path of the Keras constructor, e.g. ``"keras.applications.Xception"``.
-    preprocess : dotted path of its ``preprocess_input``.
-    default_size, min_size : square input side in pixels.
-    feature_width : channels of the last convolutional map (the pooled feature width).
-    weights_file : the exact file name Keras caches the headless ImageNet weights under.
+    preprocess : dotted path of its family's ``preprocess_input``.
+    default_size, min_size : square input side in pixels; ``min_size`` is the smallest Keras
+        accepts with ``include_top=False``.
+    feature_width : channels of the last feature map (the pooled feature width).
+    weights_file : the exact file name Keras caches the headless ImageNet weights under. May hold
+        ``{size}`` when Keras ships one file per input size (MobileNetV2): see ``weights_file_for``.
+    weights_base_url : the folder URL Keras downloads ``weights_file`` from.
+    weights_sizes : input sizes with their own weights file; any other size uses ``default_size``'s.
+    preprocess_in_model : True when the Keras network rescales and normalizes its input itself
+        (EfficientNet, EfficientNetV2, MobileNetV3, ConvNeXt). Their ``preprocess_input`` is then a
+        no-op kept for compatibility, and the model takes raw 0-255 pixels. Either way the model
+        :func:`build_backbone` returns takes raw 0-255 pixels.
+    file_weights_graph_differs : True when Keras builds a different network for ``weights="imagenet"``
+        than for ``weights=None`` or a file: EfficientNet B0-B7 add a per-channel 1/sqrt(std)
+        rescaling only for ``"imagenet"``, so loading the ImageNet file through ``WEIGHTS=<path>``
+        would give wrong features. Such backbones take their ImageNet file from the Keras cache only.
     gflops : multiply-adds per image at default_size, where Keras documents it (else None).
     """
 
@@ -42,10 +64,22 @@ class BackboneSpec:
     min_size: int
     feature_width: int
     weights_file: str
-    gflops: float | None = None
+    weights_base_url: str = field(metadata=_NOT_KEYED)
+    weights_sizes: tuple[int, ...] = ()
+    preprocess_in_model: bool = False
+    file_weights_graph_differs: bool = False
+    gflops: float | None = field(default=None, metadata=_NOT_KEYED)
+
+    def weights_file_for(self, size: int | None = None) -> str:
+        """The headless ImageNet weights file Keras loads for input side ``size`` (default: default_size)."""
+        size = self.default_size if size is None or size not in self.weights_sizes else size
+        return self.weights_file.format(size=size)
+
+    def weights_url(self, size: int | None = None) -> str:
+        return self.weights_base_url + self.weights_file_for(size)
 
     def as_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("cache_key", True)}
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -71,13 +105,93 @@ def get_backbone(name: str) -> BackboneSpec:
         ) from None
 
 
+# keras.io's applications table lists size, accuracy, parameters, depth and time per step but no
+# FLOPs; of these families only MobileNetV3's docstring gives multiply-adds. Elsewhere ``gflops``
+# stays None rather than a number from another source.
 register_backbone(BackboneSpec(
-    name="xception",
-    constructor="keras.applications.Xception",
+    name="xception", constructor="keras.applications.Xception",
     preprocess="keras.applications.xception.preprocess_input",
     default_size=299, min_size=71, feature_width=2048,
     weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    gflops=8.4,
+    weights_base_url=_TF_KERAS + "xception/",
+))
+register_backbone(BackboneSpec(
+    name="inceptionv3", constructor="keras.applications.InceptionV3",
+    preprocess="keras.applications.inception_v3.preprocess_input",
+    default_size=299, min_size=75, feature_width=2048,
+    weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    weights_base_url=_TF_KERAS + "inception_v3/",
+))
+register_backbone(BackboneSpec(
+    name="resnet50", constructor="keras.applications.ResNet50",
+    preprocess="keras.applications.resnet50.preprocess_input",
+    default_size=224, min_size=32, feature_width=2048,
+    weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    weights_base_url=_TF_KERAS + "resnet/",
+))
+register_backbone(BackboneSpec(
+    name="resnet50v2", constructor="keras.applications.ResNet50V2",
+    preprocess="keras.applications.resnet_v2.preprocess_input",
+    default_size=224, min_size=32, feature_width=2048,
+    weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    weights_base_url=_TF_KERAS + "resnet/",
+))
+for _variant, _size, _width in (("b0", 224, 1280), ("b1", 240, 1280), ("b2", 260, 1408), ("b3", 300, 1536)):
+    register_backbone(BackboneSpec(
+        name=f"efficientnet{_variant}", constructor=f"keras.applications.EfficientNet{_variant.upper()}",
+        preprocess="keras.applications.efficientnet.preprocess_input",
+        default_size=_size, min_size=32, feature_width=_width,
+        weights_file=f"efficientnet{_variant}_notop.h5",  # Keras: model name + "_notop.h5"
+        weights_base_url="https://storage.googleapis.com/keras-applications/",
+        preprocess_in_model=True, file_weights_graph_differs=True,
+    ))
+register_backbone(BackboneSpec(
+    name="efficientnetv2s", constructor="keras.applications.EfficientNetV2S",
+    preprocess="keras.applications.efficientnet_v2.preprocess_input",
+    default_size=384, min_size=32, feature_width=1280,
+    weights_file="efficientnetv2-s_notop.h5",
+    weights_base_url=_TF_KERAS + "efficientnet_v2/",
+    preprocess_in_model=True,
+))
+register_backbone(BackboneSpec(
+    name="mobilenetv2", constructor="keras.applications.MobileNetV2",
+    preprocess="keras.applications.mobilenet_v2.preprocess_input",
+    default_size=224, min_size=32, feature_width=1280,
+    # Keras ships one headless file per input side in weights_sizes and loads the 224 one otherwise.
+    weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5",
+    weights_base_url=_TF_KERAS + "mobilenet_v2/",
+    weights_sizes=(96, 128, 160, 192, 224),
+))
+register_backbone(BackboneSpec(
+    name="mobilenetv3large", constructor="keras.applications.MobileNetV3Large",
+    preprocess="keras.applications.mobilenet_v3.preprocess_input",
+    default_size=224, min_size=32, feature_width=960,
+    weights_file="weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+    weights_base_url=_TF_KERAS + "mobilenet_v3/",
+    preprocess_in_model=True,
+    gflops=0.217,  # "mobilenet_v3_large_1.0_224 | 217" MACs(M), with the classifier, in Keras's docstring
+))
+register_backbone(BackboneSpec(
+    name="densenet121", constructor="keras.applications.DenseNet121",
+    preprocess="keras.applications.densenet.preprocess_input",
+    default_size=224, min_size=32, feature_width=1024,
+    weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    weights_base_url=_TF_KERAS + "densenet/",
+))
+register_backbone(BackboneSpec(
+    name="convnexttiny", constructor="keras.applications.ConvNeXtTiny",
+    preprocess="keras.applications.convnext.preprocess_input",
+    default_size=224, min_size=32, feature_width=768,
+    weights_file="convnext_tiny_notop.h5",
+    weights_base_url=_TF_KERAS + "convnext/",
+    preprocess_in_model=True,
+))
+register_backbone(BackboneSpec(
+    name="vgg16", constructor="keras.applications.VGG16",
+    preprocess="keras.applications.vgg16.preprocess_input",
+    default_size=224, min_size=32, feature_width=512,
+    weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    weights_base_url=_TF_KERAS + "vgg16/",
 ))
 
 
@@ -98,41 +212,61 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def weights_identity(spec: BackboneSpec, weights: str) -> dict[str, Any]:
+def weights_identity(spec: BackboneSpec, weights: str, size: int | None = None) -> dict[str, Any]:
     """Describe ``weights`` so that two caches built from different weights never share a key.
 
-    ``weights`` is ``"imagenet"``, ``"none"`` (random init, seeded) or a path to an ``.h5`` file.
+    ``weights`` is ``"imagenet"``, ``"none"`` (random init, seeded) or a path to an ``.h5`` file;
+    ``size`` (default: the spec's default) matters where Keras ships one file per input size.
     Raises a :class:`WeightsUnavailableError` / ``FileNotFoundError`` before any work is done.
     """
     if weights == "none":
         return {"kind": "none"}
+    file_name = spec.weights_file_for(size)
     if weights == "imagenet":
-        cached = KERAS_MODELS_DIR / spec.weights_file
+        cached = KERAS_MODELS_DIR / file_name
         if not cached.exists():
-            _download_imagenet(spec)
-        return {"kind": "imagenet", "file": spec.weights_file, "sha256": sha256_file(cached)}
+            _download_imagenet(spec, size)
+        return {"kind": "imagenet", "file": file_name, "sha256": sha256_file(cached)}
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"WEIGHTS={weights!r} is not a file. Pass WEIGHTS=imagenet, WEIGHTS=none, "
-            f"or the path to a headless {spec.name} weights file ({spec.weights_file})."
+            f"or the path to a headless {spec.name} weights file ({file_name})."
+        )
+    if spec.file_weights_graph_differs and path.name == file_name:
+        raise ValueError(
+            f"WEIGHTS={weights} is Keras's ImageNet file for {spec.name}, but Keras builds {spec.name} "
+            f"with an extra input rescaling only for WEIGHTS=imagenet, so loading it from a path gives "
+            f"wrong features. Copy it to {KERAS_MODELS_DIR}/ and pass WEIGHTS=imagenet."
         )
     return {"kind": "file", "file": path.name, "path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
-def _download_imagenet(spec: BackboneSpec) -> None:
+def _unavailable(spec: BackboneSpec, size: int | None, err: BaseException) -> WeightsUnavailableError:
+    file_name = spec.weights_file_for(size)
+    by_path = "" if spec.file_weights_graph_differs else "or pass WEIGHTS=<path to the .h5 file>, "
+    return WeightsUnavailableError(
+        f"cannot get ImageNet weights for {spec.name}: {type(err).__name__}: {err}\n"
+        f"No network to download them? Put {file_name} in {KERAS_MODELS_DIR}/ (it is "
+        f"{spec.weights_url(size)}), {by_path}or pass WEIGHTS=none (random weights: accuracy is "
+        f"then not meaningful)."
+    )
+
+
+def _download_imagenet(spec: BackboneSpec, size: int | None = None) -> None:
     from keras.utils import get_file  # noqa: PLC0415  (TensorFlow stays out of cheap imports)
 
-    url = f"https://storage.googleapis.com/tensorflow/keras-applications/{spec.name}/{spec.weights_file}"
+    file_name = spec.weights_file_for(size)
     try:
-        get_file(spec.weights_file, url, cache_subdir="models")
+        get_file(file_name, spec.weights_url(size), cache_dir=str(KERAS_MODELS_DIR.parent),
+                 cache_subdir=KERAS_MODELS_DIR.name)
     except Exception as err:  # noqa: BLE001  (any network failure means the same thing to the user)
+        raise _unavailable(spec, size, err) from err
+    if not (KERAS_MODELS_DIR / file_name).exists():  # get_file falls back to /tmp when the folder is read-only
         raise WeightsUnavailableError(
-            f"cannot get ImageNet weights for {spec.name}: {type(err).__name__}: {err}\n"
-            f"No network to download them? Put {spec.weights_file} in {KERAS_MODELS_DIR}/, "
-            f"or pass WEIGHTS=<path to the .h5 file>, or WEIGHTS=none (random weights: "
-            f"accuracy is then not meaningful)."
-        ) from err
+            f"downloaded {file_name}, but not into {KERAS_MODELS_DIR}/ (is it writable?). "
+            f"Move it there, or pass WEIGHTS=<path to the .h5 file>."
+        )
 
 
 def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, seed: int = 0):
@@ -140,7 +274,8 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
 
     Returns a Keras model that maps uint8-range float images of shape (batch, size, size, 3)
     to features of shape (batch, feature_width), or (batch, h, w, feature_width) when
-    ``pooling == "none"``.
+    ``pooling == "none"``. For ``preprocess_in_model`` families the wrapped ``preprocess_input``
+    is Keras's no-op and the network's own first layers rescale the 0-255 pixels.
     """
     import keras  # noqa: PLC0415
 
@@ -150,6 +285,12 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
     constructor = _import_attr(spec.constructor)
     preprocess = _import_attr(spec.preprocess)
     file_weights = weights not in ("imagenet", "none")
+    if file_weights and spec.file_weights_graph_differs:
+        warnings.warn(
+            f"WEIGHTS={weights}: Keras builds {spec.name} without its ImageNet input rescaling when weights "
+            f"come from a file. Right for weights trained on that network; for Keras's ImageNet file use "
+            f"WEIGHTS=imagenet with the file in {KERAS_MODELS_DIR}/.", stacklevel=2,
+        )
     try:
         net = constructor(
             include_top=False,
@@ -158,8 +299,8 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
             pooling=None if pooling == "none" else pooling,
         )
     except Exception as err:
-        if weights == "imagenet" and not (KERAS_MODELS_DIR / spec.weights_file).exists():
-            raise WeightsUnavailableError(str(err)) from err
+        if weights == "imagenet" and not (KERAS_MODELS_DIR / spec.weights_file_for(size)).exists():
+            raise _unavailable(spec, size, err) from err
         raise
     if file_weights:
         net.load_weights(str(Path(weights).expanduser()))

@@ -1,0 +1,190 @@
+"""The backbone registry against Keras itself: widths, minimum sizes, preprocessing, weights files.
+
+Every network is built once per test at the smallest input Keras allows, with random weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from extract import FeatureCache, WeightsUnavailableError, extract_features, list_backbones
+from extract import backbones as bb
+from extract.backbones import build_backbone, get_backbone, weights_identity
+from extract.cache import CacheError
+from extract.pipeline import make_config
+
+QUIET = {"progress": False, "log": lambda m: None}
+
+# Written here, not read from the registry: the keras.applications module each entry must match.
+FAMILY = {
+    "xception": "xception", "inceptionv3": "inception_v3", "resnet50": "resnet50", "resnet50v2": "resnet_v2",
+    "efficientnetb0": "efficientnet", "efficientnetb1": "efficientnet", "efficientnetb2": "efficientnet",
+    "efficientnetb3": "efficientnet", "efficientnetv2s": "efficientnet_v2", "mobilenetv2": "mobilenet_v2",
+    "mobilenetv3large": "mobilenet_v3", "densenet121": "densenet", "convnexttiny": "convnext", "vgg16": "vgg16",
+}
+NAMES = list_backbones()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session():
+    yield
+    import keras
+
+    keras.backend.clear_session()  # 14 networks one after another: free each before the next
+
+
+def _pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+
+def test_the_registry_holds_the_issue_7_backbones_each_with_its_family():
+    assert set(NAMES) == set(FAMILY), "add the new entry's keras.applications module to FAMILY"
+    for name in NAMES:
+        spec = get_backbone(name)
+        assert spec.name == name == spec.constructor.rsplit(".", 1)[1].lower()
+        assert spec.preprocess == f"keras.applications.{FAMILY[name]}.preprocess_input"
+        assert spec.min_size <= spec.default_size
+
+
+def test_an_unknown_backbone_is_refused_with_the_whole_registry(folder_data, capsys):
+    with pytest.raises(ValueError) as err:
+        get_backbone("resnet9000")
+    assert "unknown BACKBONE='resnet9000'" in str(err.value)
+    for name in NAMES:
+        assert name in str(err.value)
+    from extract.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:  # the path `make extract BACKBONE=resnet9000` takes
+        main(["--data", str(folder_data), "--backbone", "resnet9000", "--weights", "none", "--no-progress"])
+    assert exit_.value.code == 2
+    assert "error: unknown BACKBONE='resnet9000'; choose one of: " + ", ".join(NAMES) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preprocess_is_the_families_own(name):
+    """Same output as keras.applications.<family>.preprocess_input; a no-op exactly for in-model families."""
+    import keras  # noqa: F401  (keras.applications.* imports need it loaded)
+
+    spec = get_backbone(name)
+    keras_pre = importlib.import_module(f"keras.applications.{FAMILY[name]}").preprocess_input
+    x = _pixels(2, 8)
+    ours = bb._import_attr(spec.preprocess)(x.copy())
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(keras_pre(x.copy())))
+    assert spec.preprocess_in_model == np.array_equal(np.asarray(ours), x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_built_backbone_at_its_minimum_size_has_the_registered_width(name):
+    """Width, the minimum Keras accepts, and the wrapper equals Keras's preprocess then the bare network."""
+    import keras
+
+    spec = get_backbone(name)
+    constructor = bb._import_attr(spec.constructor)
+    with pytest.raises(ValueError, match=f"at least {spec.min_size}"):
+        constructor(include_top=False, weights=None, input_shape=(spec.min_size - 1, spec.min_size - 1, 3))
+    model = build_backbone(spec, spec.min_size, "avg", "none", seed=0)
+    assert model.output_shape == (None, spec.feature_width)
+
+    x = _pixels(2, spec.min_size)
+    got = np.asarray(model(x, training=False))
+    (net,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    keras_pre = importlib.import_module(f"keras.applications.{FAMILY[name]}").preprocess_input
+    direct = np.asarray(net(keras_pre(x.copy()), training=False))
+    assert got.shape == (2, spec.feature_width) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
+
+    # in-model families rescale 0-255 pixels in their first layers; the others must not (we do it outside)
+    first = [type(layer).__name__ for layer in net.layers[1:4]]
+    assert spec.preprocess_in_model == any(kind in ("Rescaling", "Normalization") for kind in first), first
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty Keras cache and no network. Returns the (file name, URL) pairs get_file was asked for."""
+    import keras
+    from keras.src.utils import file_utils
+
+    calls: list[tuple[str, str]] = []
+
+    def no_network(fname=None, origin=None, **kwargs):
+        calls.append((fname, origin))
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(bb, "KERAS_MODELS_DIR", tmp_path / "keras_models")
+    monkeypatch.setattr(keras.utils, "get_file", no_network)  # what _download_imagenet calls
+    monkeypatch.setattr(file_utils, "get_file", no_network)  # what the keras.applications constructors call
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_imagenet_weights_file_and_url_are_what_keras_asks_for(name, offline, tmp_path):
+    """Keras's own constructor names the file and URL; our download and our offline error must match."""
+    spec = get_backbone(name)
+    with pytest.raises(WeightsUnavailableError) as from_build:
+        build_backbone(spec, spec.min_size, "avg", "imagenet")
+    keras_file, keras_url = offline[-1]
+    with pytest.raises(WeightsUnavailableError) as from_identity:
+        weights_identity(spec, "imagenet", spec.min_size)
+    assert offline[-1] == (keras_file, keras_url) == (spec.weights_file_for(spec.min_size), spec.weights_url())
+    for err in (from_build, from_identity):
+        msg = str(err.value)
+        assert keras_file in msg and str(tmp_path / "keras_models") in msg and "WEIGHTS=none" in msg
+        assert ("WEIGHTS=<path" in msg) != spec.file_weights_graph_differs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [96, 160, 299])
+def test_mobilenetv2_weights_file_follows_the_input_size_as_in_keras(size, offline):
+    spec = get_backbone("mobilenetv2")
+    with pytest.raises(WeightsUnavailableError):
+        build_backbone(spec, size, "avg", "imagenet")
+    keras_file = offline[-1][0]
+    assert keras_file == spec.weights_file_for(size)
+    assert f"_{size if size != 299 else 224}_no_top.h5" in keras_file
+    with pytest.raises(WeightsUnavailableError, match=keras_file):  # make_config passes SIZE on
+        make_config(backbone="mobilenetv2", size=size, pooling="avg", weights="imagenet", dtype="float16",
+                    precision="float32", seed=0, val=0.2)
+
+
+def test_efficientnet_imagenet_file_by_path_is_refused(tmp_path):
+    """Keras adds a rescaling layer only for weights='imagenet': the ImageNet file by path gives wrong features."""
+    spec = get_backbone("efficientnetb0")
+    path = tmp_path / spec.weights_file_for()
+    path.write_bytes(b"not really weights")
+    with pytest.raises(ValueError, match="WEIGHTS=imagenet"):
+        weights_identity(spec, str(path))
+
+
+def test_doc_only_fields_stay_out_of_the_cache_key():
+    config = get_backbone("mobilenetv3large").as_config()
+    assert "gflops" not in config and "weights_base_url" not in config
+    assert config["feature_width"] == 960 and config["preprocess_in_model"] is True
+
+
+@pytest.mark.slow
+def test_a_second_backbones_cache_coexists_and_neither_is_reused(folder_data, tmp_path):
+    """Same data, same size, same settings, two backbones: two files, each rebuilt only for itself."""
+    kw = {"cache_dir": tmp_path, "size": 75, "weights": "none", "dtype": "float32", **QUIET}
+    a = extract_features(folder_data, backbone="xception", **kw)
+    b = extract_features(folder_data, backbone="inceptionv3", **kw)
+    assert not a.up_to_date and not b.up_to_date
+    assert a.path != b.path and "-xception-75-" in a.path.name and "-inceptionv3-75-" in b.path.name
+    assert sorted(tmp_path.glob("*.h5")) == sorted([a.path, b.path])
+    with FeatureCache(a.path) as ca, FeatureCache(b.path) as cb:
+        assert ca.complete and cb.complete
+        assert (ca.config["backbone"]["name"], cb.config["backbone"]["name"]) == ("xception", "inceptionv3")
+        assert list(ca.column("path")) == list(cb.column("path"))
+        assert not np.allclose(ca.features(), cb.features())
+
+    again_a = extract_features(folder_data, backbone="xception", **kw)
+    again_b = extract_features(folder_data, backbone="inceptionv3", **kw)
+    assert again_a.up_to_date and again_a.path == a.path
+    assert again_b.up_to_date and again_b.path == b.path
+    with pytest.raises(CacheError, match="holds features of another config"):  # OUT= one, BACKBONE= the other
+        extract_features(folder_data, backbone="inceptionv3", out=a.path, **kw)
+    assert sorted(tmp_path.glob("*.h5")) == sorted([a.path, b.path])
