@@ -31,7 +31,7 @@ BATCH ?= 32
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
-.PHONY: help setup extract train-head compare-heads predict demo test lint clean
+.PHONY: help setup extract train-head compare-heads predict demo verify test lint clean
 
 help: ## show this help
 	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
@@ -76,6 +76,10 @@ demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, trai
 	$(PY) -m extract --data $(DEMO_DIR) --size 96 --weights $(if $(filter imagenet,$(WEIGHTS)),auto,$(WEIGHTS)) \
 	  --out features_cache/demo-charts.h5 --overwrite --no-progress
 	$(PY) -m heads compare --features features_cache/demo-charts.h5 --heads logreg,dense --out runs/demo
+
+verify: $(STAMP) ## check a cache: FEATURES=<h5> [DATA=<dir>] (schema, complete, rows per split/round, NaN, fingerprint)
+	@test -n "$(FEATURES)" || { echo "error: set FEATURES=<cache .h5>"; exit 2; }
+	$(PY) -m extract.verify --features "$(FEATURES)" $(call opt,DATA,--data) $(call opt,LABELS,--labels) $(call opt,TEST,--test)
 
 test: $(STAMP) ## run the test suite (pytest) and lint the Dockerfile
 	$(PY) -m pytest -q

@@ -196,3 +196,22 @@ def test_config_is_recorded(folder_cache):
         config = json.loads(c._f.attrs["config"])
     assert set(config) >= {"backbone", "size", "pooling", "weights", "dtype", "precision", "seed", "val",
                            "augmentation"}
+
+
+def test_verify_reports_nan_and_stale_data(tmp_path):
+    from extract.verify import verify_cache
+
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    out = extract_features(data, out=tmp_path / "c.h5", **KW).path
+    report = verify_cache(out)
+    assert report["ok"] and report["fingerprint"] == "matches DATA"
+    assert report["rows_per_split_round"] and sum(report["rows_per_split_round"].values()) == 9
+    with h5py.File(out, "a") as f:
+        f["features"][2, 5] = np.nan
+    draw("circle", np.random.default_rng(5)).save(data / "circle" / "new.png")
+    report = verify_cache(out)
+    assert not report["ok"] and report["n_nonfinite_rows"] == 1
+    assert any("NaN" in p for p in report["problems"]) and any("stale" in p for p in report["problems"])
+    out2 = subprocess.run([sys.executable, "-m", "extract.verify", "--features", str(out)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert out2.returncode == 1 and "PROBLEMS" in out2.stdout
