@@ -21,6 +21,7 @@ WEIGHTS ?= imagenet
 SIZE ?=
 POOLING ?= avg
 BACKBONE ?= xception
+BACKBONES ?= xception,inceptionv3,resnet50
 DTYPE ?= float16
 PRECISION ?= float32
 VAL ?= 0.2
@@ -31,15 +32,15 @@ BATCH ?= 32
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
-.PHONY: help setup extract train-head compare-heads predict demo verify test lint clean
+.PHONY: help setup extract train-head compare-heads compare-backbones predict demo verify test lint clean
 
 help: ## show this help
 	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
 	@echo
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
 	@echo "           TRAIN_ROUNDS | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -65,6 +66,13 @@ train-head: $(STAMP) ## train a head on a cache: HEAD=logreg|dense [FEATURES=<h5
 
 compare-heads: $(STAMP) ## train several heads on one cache: [FEATURES=<h5>] [HEADS=logreg,dense]
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out)
+
+compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=]
+	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
+	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
+	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \
+	  $(call opt,HEAD_ARGS,--head-args) $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
+	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" $(call opt,OUT,--out)
 
 predict: $(STAMP) ## classify images: RUN=<run dir> IMAGES=<file or dir> [OUT=<csv>] [SUBMISSION=1]
 	@test -n "$(RUN)" -a -n "$(IMAGES)" || { echo "error: set RUN=<run dir> and IMAGES=<file or folder>"; exit 2; }

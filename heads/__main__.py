@@ -27,6 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=none_or_str, help="folder for compare.md and the runs")
     c.add_argument("--cache-dir", default="features_cache")
 
+    b = sub.add_parser("compare-backbones", help="extract DATA with several backbones, train HEAD on each, tabulate")
+    b.add_argument("--data", required=True, help="image folder (as for python -m extract)")
+    b.add_argument("--backbones", required=True, help="comma-separated, e.g. xception,inceptionv3,resnet50")
+    b.add_argument("--head", default="logreg")
+    b.add_argument("--head-args", default="", help="e.g. 'C=0.5 max_iter=500'")
+    b.add_argument("--labels", type=none_or_str)
+    b.add_argument("--test", type=none_or_str)
+    b.add_argument("--id-col", type=none_or_str)
+    b.add_argument("--label-col", type=none_or_str)
+    b.add_argument("--size", type=int, default=None, help="one input side for all (default: each backbone's own)")
+    b.add_argument("--pooling", default="avg", choices=["avg", "max", "none"])
+    b.add_argument("--weights", default="imagenet", help="imagenet | none")
+    b.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    b.add_argument("--val", type=float, default=0.2)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--cache-dir", default="features_cache")
+    b.add_argument("--out", type=none_or_str, help="folder for compare_backbones.md/.png and the runs")
+    b.add_argument("--no-progress", action="store_true")
+
     pr = sub.add_parser("predict", help="classify images with a trained run")
     pr.add_argument("--run", required=True)
     pr.add_argument("--images", required=True)
@@ -56,6 +76,16 @@ def main(argv: list[str] | None = None) -> None:
 
             compare_heads(args.features, args.heads.split(",") if args.heads else None, args.out,
                           cache_dir=args.cache_dir)
+        elif args.command == "compare-backbones":
+            from .compare_backbones import compare_backbones  # noqa: PLC0415
+
+            compare_backbones(
+                args.data, args.backbones.split(","), args.head, out_dir=args.out,
+                head_args=parse_head_args(args.head_args), cache_dir=args.cache_dir, labels=args.labels,
+                test=args.test, id_col=args.id_col, label_col=args.label_col, size=args.size, pooling=args.pooling,
+                weights=args.weights, dtype=args.dtype, val=args.val, seed=args.seed, batch_size=args.batch,
+                progress=not args.no_progress,
+            )
         elif args.command == "predict":
             table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch)
             with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))

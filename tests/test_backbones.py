@@ -6,6 +6,7 @@ Every network is built once per test at the smallest input Keras allows, with ra
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,7 @@ def offline(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")  # Keras: MobileNets off 224 px
 @pytest.mark.parametrize("name", NAMES)
 def test_imagenet_weights_file_and_url_are_what_keras_asks_for(name, offline, tmp_path):
     """Keras's own constructor names the file and URL; our download and our offline error must match."""
@@ -138,6 +140,7 @@ def test_imagenet_weights_file_and_url_are_what_keras_asks_for(name, offline, tm
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
 @pytest.mark.parametrize("size", [96, 160, 299])
 def test_mobilenetv2_weights_file_follows_the_input_size_as_in_keras(size, offline):
     spec = get_backbone("mobilenetv2")
@@ -188,3 +191,68 @@ def test_a_second_backbones_cache_coexists_and_neither_is_reused(folder_data, tm
     with pytest.raises(CacheError, match="holds features of another config"):  # OUT= one, BACKBONE= the other
         extract_features(folder_data, backbone="inceptionv3", out=a.path, **kw)
     assert sorted(tmp_path.glob("*.h5")) == sorted([a.path, b.path])
+
+
+@pytest.mark.slow
+def test_compare_backbones_extracts_each_once_then_reuses_the_caches(folder_data, tmp_path, monkeypatch):
+    import json
+
+    from extract import pipeline
+    from heads.compare_backbones import compare_backbones
+
+    kw = {"cache_dir": tmp_path / "cache", "out_dir": tmp_path / "out", "size": 75, "weights": "none",
+          "dtype": "float32", "progress": False, "log": lambda m: None}
+    table = compare_backbones(folder_data, ["xception", "inceptionv3"], "logreg", **kw)
+    assert list(table["backbone"]) == ["xception", "inceptionv3"]
+    assert list(table["feature_width"]) == [2048, 2048] and list(table["size"]) == [75, 75]
+    assert list(table["extraction"]) == ["extracted", "extracted"] and (table["images_per_second"] > 0).all()
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 2
+    for row in table.itertuples():
+        metrics = json.loads((tmp_path / "out" / row.backbone / "metrics.json").read_text())
+        assert metrics["features"] == row.cache and metrics["val_accuracy"] == row.val_accuracy
+        assert metrics["val_log_loss"] == row.val_log_loss
+        assert row.cache_mb == pytest.approx(Path(row.cache).stat().st_size / 1e6)
+    md = (tmp_path / "out" / "compare_backbones.md").read_text()
+    assert "| xception" in md and "| inceptionv3" in md and "not meaningful" in md
+    assert (tmp_path / "out" / "compare_backbones.png").stat().st_size > 0
+
+    def no_backbone(config):
+        raise AssertionError("a complete cache must be reused, not re-extracted")
+
+    monkeypatch.setattr(pipeline, "load_backbone", no_backbone)
+    again = compare_backbones(folder_data, ["inceptionv3", "xception"], "logreg", **kw)
+    assert list(again["extraction"]) == ["cached", "cached"] and again["images_per_second"].isna().all()
+    assert list(again["cache"]) == list(table["cache"])[::-1]
+    assert list(again["val_accuracy"]) == list(table["val_accuracy"])[::-1]
+    assert "cached" in (tmp_path / "out" / "compare_backbones.md").read_text()
+
+
+def test_compare_backbones_refuses_bad_settings_before_any_work(folder_data, tmp_path):
+    from heads.compare_backbones import compare_backbones
+
+    def run(backbones, **kw):
+        kw = {"cache_dir": tmp_path / "cache", "out_dir": tmp_path / "out", "weights": "none", "log": lambda m: None,
+              **kw}
+        return compare_backbones(folder_data, backbones, "logreg", **kw)
+
+    with pytest.raises(ValueError, match="unknown BACKBONE='alexnet'; choose one of: .*xception"):
+        run(["xception", "alexnet"])
+    with pytest.raises(ValueError, match=r"SIZE=50 is too small for xception \(>= 71\), inceptionv3 \(>= 75\)"):
+        run(["xception", "inceptionv3", "vgg16"], size=50)
+    with pytest.raises(ValueError, match="names xception twice"):
+        run(["xception", "vgg16", "xception"])
+    with pytest.raises(ValueError, match="WEIGHTS=imagenet or WEIGHTS=none"):
+        run(["xception", "vgg16"], weights=str(tmp_path / "x.h5"))
+    with pytest.raises(ValueError, match="one cache per backbone"):
+        run(["xception", "vgg16"], out=tmp_path / "x.h5")
+    with pytest.raises(ValueError, match="nohead"):
+        compare_backbones(folder_data, ["vgg16"], "nohead", cache_dir=tmp_path / "cache", weights="none")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_compare_backbones_names_every_missing_weights_file_up_front(folder_data, offline, tmp_path):
+    from heads.compare_backbones import compare_backbones
+
+    with pytest.raises(WeightsUnavailableError, match="xception_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        compare_backbones(folder_data, ["xception", "vgg16"], cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert not (tmp_path / "cache").exists()
