@@ -32,7 +32,7 @@ BATCH ?= 32
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
-.PHONY: help setup extract train-head compare-heads compare-backbones predict demo verify test lint clean
+.PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict demo verify test lint clean
 
 help: ## show this help
 	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
@@ -40,7 +40,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
 	@echo "           TRAIN_ROUNDS | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -57,7 +57,13 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	  $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) $(call opt,OUT,--out) \
 	  --backbone "$(BACKBONE)" $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
 	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" \
-	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite)
+	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
+	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds)
+
+preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
+	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }
+	$(PY) -m extract.preview --data "$(DATA)" $(call opt,LABELS,--labels) --augment "$(or $(AUGMENT),tutorial)" \
+	  --rounds "$(or $(ROUNDS),4)" --out "$(or $(OUT),augment_preview.png)" --seed "$(SEED)"
 
 train-head: $(STAMP) ## train a head on a cache: HEAD=logreg|dense [FEATURES=<h5>] [RUN=<dir>] [HEAD_ARGS='C=0.5']
 	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \

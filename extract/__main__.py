@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--augment", default="none", help="none | tutorial | epiuse | 'rotation=0.1,zoom=0.2,flip=horizontal'")
+    p.add_argument("--rounds", type=int, default=0, help="augmented views per training image (plus the clean one)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")
     p.add_argument("--no-progress", action="store_true")
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             size=args.size, pooling=args.pooling, weights=args.weights, dtype=args.dtype, precision=args.precision,
             val=args.val, seed=args.seed, batch_size=args.batch, id_col=args.id_col, label_col=args.label_col,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, overwrite=args.overwrite, flush_rows=args.flush_rows,
+            augment=args.augment, rounds=args.rounds,
             progress=not args.no_progress,
         )
 

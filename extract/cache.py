@@ -46,6 +46,26 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(keyed).encode()).hexdigest()[:10]
 
 
+def base_key(config: dict[str, Any]) -> str:
+    """Like :func:`config_key` but blind to the number of augmented rounds: caches that differ only
+    in ROUNDS share their rows, so raising ROUNDS extracts only the new rounds."""
+    aug = {k: v for k, v in config.get("augmentation", {}).items() if k != "rounds"}
+    return config_key({**config, "augmentation": aug})
+
+
+def find_sibling(path: Path, config: dict[str, Any]) -> Path | None:
+    """The newest complete cache next to ``path`` whose config differs from ``config`` only in ROUNDS."""
+    want, exact = base_key(config), config_key(config)
+    for other in sorted(path.parent.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            with FeatureCache(other) as c:
+                if c.complete and c.attrs.get("base_key") == want and c.attrs.get("config_key") != exact:
+                    return other
+        except (CacheError, OSError):
+            continue
+    return None
+
+
 def default_path(dataset_name: str, config: dict[str, Any], cache_dir: str | os.PathLike = DEFAULT_DIR) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset_name) or "data"
     bb = config["backbone"]["name"]
@@ -99,6 +119,7 @@ class HDF5Writer:
         f.attrs["complete"] = False
         f.attrs["config"] = _canonical(config)
         f.attrs["config_key"] = config_key(config)
+        f.attrs["base_key"] = base_key(config)
         f.attrs["class_names"] = json.dumps(class_names)
         f.attrs["dataset_fingerprint"] = fingerprint
         f.attrs["dataset_name"] = dataset_name

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import cache as cache_mod
 from .backbones import build_backbone, get_backbone, weights_identity
+from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
 
@@ -54,7 +55,7 @@ def _versions() -> dict[str, str]:
 
 def make_config(
     *, backbone: str, size: int | None, pooling: str, weights: str, dtype: str, precision: str,
-    seed: int, val: float,
+    seed: int, val: float, augment: str | None = "none", rounds: int = 0,
 ) -> dict[str, Any]:
     """Validate settings and return the cache config (everything that changes the features)."""
     spec = get_backbone(backbone)
@@ -78,8 +79,23 @@ def make_config(
         "precision": precision,
         "seed": int(seed),
         "val": float(val),
-        "augmentation": {"preset": "none", "rounds": 0},
+        "augmentation": augmentation_config(augment, rounds, seed),
     }
+
+
+def augmentation_config(augment: str | None, rounds: int, seed: int) -> dict[str, Any]:
+    spec = parse_augment(augment)
+    rounds = int(rounds)
+    if rounds < 0:
+        raise ValueError(f"ROUNDS={rounds} must be 0 or more")
+    if rounds and not spec.enabled:
+        raise ValueError(f"ROUNDS={rounds} needs an augmentation: set AUGMENT=tutorial, epiuse or key=value pairs")
+    return {**spec.as_config(), "rounds": rounds if spec.enabled else 0, "seed": int(seed)}
+
+
+def augment_spec(config: dict[str, Any]) -> AugmentSpec:
+    aug = config["augmentation"]
+    return AugmentSpec(aug["preset"], tuple(sorted(aug["params"].items())))
 
 
 def auto_weights(spec, log: Callable[[str], None] = _log) -> str:
@@ -110,17 +126,22 @@ def load_backbone(config: dict[str, Any]):
     )
 
 
-def embed(
-    paths: Sequence[str], model, size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Yield (positions, features, reasons) per batch; ``reasons[i] == ''`` where decoding worked.
+def image_dataset(
+    paths: Sequence[str], size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+    augment: AugmentSpec | None = None, seeds: np.ndarray | None = None, rounds: Sequence[int] | None = None,
+):
+    """tf.data pipeline of (positions, float32 images (b, size, size, 3) in 0-255, reasons) batches.
 
-    Decoding runs in parallel tf.data workers and overlaps the backbone's compute.
-    ``features`` rows of failed images are meaningless and must be dropped by the caller.
+    Decoding runs in parallel workers. Views with ``rounds[i] > 0`` go through the augmentation
+    layers with the stateless seed ``seeds[i]``; ``reasons[i] == b''`` where decoding worked.
     """
     import tensorflow as tf  # noqa: PLC0415
 
     path_list = list(paths)
+    n = len(path_list)
+    rounds_t = tf.constant(np.asarray(rounds if rounds is not None else np.zeros(n), np.int32))
+    seeds_t = tf.constant(np.asarray(seeds if seeds is not None else np.zeros((n, 2)), np.int32).reshape(n, 2))
+    augmenter = make_augmenter(augment) if augment is not None and augment.enabled else None
 
     def decode(i):
         i = int(i)
@@ -133,17 +154,32 @@ def embed(
 
     def tf_decode(i):
         img, reason = tf.numpy_function(decode, [i], [tf.uint8, tf.string], stateful=False)
-        img.set_shape((size, size, 3))
-        reason.set_shape(())
-        return i, img, reason
+        img = tf.cast(tf.ensure_shape(img, (size, size, 3)), tf.float32)
+        if augmenter is not None:
+            img = tf.cond(rounds_t[i] > 0, lambda: augmenter(img, seeds_t[i]), lambda: img)
+        return i, img, tf.ensure_shape(reason, ())
 
-    ds = (
-        tf.data.Dataset.range(len(path_list))
+    return (
+        tf.data.Dataset.range(n)
         .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(2)
     )
-    infer = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+
+
+def embed(
+    paths: Sequence[str], model, size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+    **augment_kw: Any,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Yield (positions, features, reasons) per batch; ``reasons[i] == ''`` where decoding worked.
+
+    Decoding overlaps the backbone's compute. ``features`` rows of failed images are meaningless
+    and must be dropped by the caller. ``augment_kw`` goes to :func:`image_dataset`.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    ds = image_dataset(paths, size, batch_size, max_pixels, **augment_kw)
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     for idx, imgs, reasons in ds:
         feats = infer(imgs).numpy()
         yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]
@@ -179,36 +215,48 @@ def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
 
 
 def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str) -> Plan:
-    """Decide between up to date, resume, incremental update and a fresh run; refuse a clash."""
-    key = cache_mod.config_key(config)
+    """Decide between up to date, resume, incremental update and a fresh run; refuse a clash.
+
+    Rows are reused from ``path`` when it holds the same config (ROUNDS aside) or, when ``path``
+    does not exist yet, from a complete sibling cache that differs only in ROUNDS.
+    """
+    key, base = cache_mod.config_key(config), cache_mod.base_key(config)
     rounds = wanted_rounds(found, config)
     views = [View(it, r) for it in found.items for r in range(rounds[it.relpath])]
     have: dict[tuple[str, int], str] = {}
-    old, message = None, ""
-    if path.exists():
+    old, messages = None, []
+    source = path if path.exists() else cache_mod.find_sibling(path, config)
+    if source is not None:
         try:
-            with cache_mod.FeatureCache(path) as c:
-                if c.attrs.get("config_key") != key:
+            with cache_mod.FeatureCache(source) as c:
+                if cache_mod.base_key(c.config) != base:
                     raise cache_mod.CacheError(
                         f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
                         f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
                     )
-                if c.complete and c.fingerprint == fingerprint:
+                if c.complete and c.fingerprint == fingerprint and c.attrs.get("config_key") == key:
                     return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(c.skipped()):,} skipped); "
                                           f"nothing to do", up_to_date=True)
-                old_rows = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+                old_k = c.config["augmentation"].get("rounds", 0)
+                have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+                same_data = c.fingerprint == fingerprint
         except cache_mod.CacheError as err:
             if "another config" in str(err):
                 raise
             raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
-        old, have = path, old_rows
-        current = {it.relpath: it.stamp for it in found.items}
-        old_paths = {p for p, _ in old_rows}
-        added = [p for p in current if p not in old_paths]
-        removed = [p for p in old_paths if p not in current]
-        modified = [p for p in current if p in old_paths and old_rows.get((p, 0)) != current[p]]
-        message = (f"data changed since {path.name} was made: {len(added):,} added, {len(removed):,} removed, "
-                   f"{len(modified):,} modified")
+        old = source
+        if source != path:
+            messages.append(f"reusing the rows of {source.name} (same config with ROUNDS={old_k})")
+        if old_k != config["augmentation"]["rounds"]:
+            messages.append(f"ROUNDS {old_k} → {config['augmentation']['rounds']}: only missing rounds are extracted")
+        if not same_data:
+            current = {it.relpath: it.stamp for it in found.items}
+            old_paths = {p for p, _ in have}
+            added = sum(p not in old_paths for p in current)
+            removed = sum(p not in current for p in old_paths)
+            modified = sum(p in old_paths and have.get((p, 0)) != st for p, st in current.items())
+            messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
+                            f"{modified:,} modified")
     parts = cache_mod.parts_dir(path)
     if parts.is_dir():
         parts_key = cache_mod.parts_config_key(parts)
@@ -218,9 +266,9 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
             )
         have.update(cache_mod.done_in_parts(parts))
     todo = [v for v in views if have.get((v.item.relpath, v.round)) != v.item.stamp]
-    if parts.is_dir() and not message:
-        message = f"resuming: {len(views) - len(todo):,} of {len(views):,} done"
-    return Plan(todo, old, message)
+    if parts.is_dir():
+        messages.append(f"resuming: {len(views) - len(todo):,} of {len(views):,} done")
+    return Plan(todo, old, "\n".join(messages))
 
 
 def extract_features(
@@ -242,6 +290,8 @@ def extract_features(
     id_col: str | None = None,
     label_col: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    augment: str = "none",
+    rounds: int = 0,
     overwrite: bool = False,
     flush_rows: int = 1024,
     progress: bool = True,
@@ -252,13 +302,14 @@ def extract_features(
     Returns an :class:`ExtractResult` whose ``path`` is the cache file. A complete cache with the
     same config and data is reused without work (``up_to_date=True``); an interrupted run is
     resumed; a changed data set is updated incrementally (only added or modified images are
-    extracted). Rows are flushed every ``flush_rows`` rows.
+    extracted). Rows are flushed every ``flush_rows`` rows. ``augment`` (a preset or
+    ``'key=value,...'``) with ``rounds=K`` adds K augmented views of every training image.
     """
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
         log(f"note: {note}")
     config = make_config(backbone=backbone, size=size, pooling=pooling, weights=weights, dtype=dtype,
-                         precision=precision, seed=seed, val=val)
+                         precision=precision, seed=seed, val=val, augment=augment, rounds=rounds)
     path = Path(out) if out is not None else cache_mod.default_path(found.name, config, cache_dir)
     fingerprint = found.fingerprint()
     with cache_mod.CacheLock(path) as lock:
@@ -328,9 +379,12 @@ def run_extraction(
     if not views:
         return skip_reasons
     bar = tqdm(total=len(views), unit="img", disable=not progress, desc="extract", dynamic_ncols=True)
+    seed = config["augmentation"]["seed"]
+    augment = dict(augment=augment_spec(config), rounds=[v.round for v in views],
+                   seeds=np.stack([view_seed(seed, v.item.relpath, v.round) for v in views]))
     try:
         for idx, feats, reasons in embed([v.item.abspath for v in views], model, config["size"], batch_size,
-                                         max_pixels):
+                                         max_pixels, **augment):
             batch = [views[i] for i in idx]
             ok = [k for k, r in enumerate(reasons) if not r]
             for k, r in enumerate(reasons):

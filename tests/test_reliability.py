@@ -78,7 +78,7 @@ def test_incremental_update_extracts_only_what_changed(tmp_path, count_embedded)
     assert any("1 added, 1 removed, 1 modified" in m for m in logs)
     assert result.rows == 18
 
-    fresh = extract_features(data, out=tmp_path / "fresh.h5", **KW)
+    fresh = extract_features(data, out=tmp_path / "independent" / "fresh.h5", **KW)
     assert_same_cache(result.path, fresh.path)
 
 
@@ -116,7 +116,7 @@ def test_write_failure_is_clear_and_the_rerun_resumes(tmp_path, monkeypatch, cou
     assert "resuming: 8 of 24 done" in logs
     assert len(count_embedded) == 16
     assert not cache_mod.parts_dir(out).exists()
-    assert_same_cache(out, extract_features(data, out=tmp_path / "fresh.h5", **KW).path)
+    assert_same_cache(out, extract_features(data, out=tmp_path / "independent" / "fresh.h5", **KW).path)
 
 
 def test_second_extract_is_refused_while_one_runs_and_a_stale_lock_is_taken_over(tmp_path):
@@ -187,7 +187,7 @@ def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(tmp_path):
     done = int(rerun.stderr.split("resuming: ")[1].split(" of ")[0].replace(",", ""))
     assert done >= 8 * n_parts - 8 and "of 120 done" in rerun.stderr
     assert "stale lock" in rerun.stderr
-    fresh = extract_features(data, out=tmp_path / "fresh.h5", batch_size=32, **KW)
+    fresh = extract_features(data, out=tmp_path / "independent" / "fresh.h5", batch_size=32, **KW)
     assert_same_cache(out, fresh.path)
 
 

@@ -1,0 +1,145 @@
+"""Augmented views as Keras 3 preprocessing layers inside the tf.data input pipeline.
+
+``AUGMENT=none|tutorial|epiuse`` or a custom ``'rotation=0.1,zoom=0.2,flip=horizontal'``.
+Each view's randomness comes from a stateless seed derived from (SEED, image path, round), so a
+view's pixels do not depend on batch size, order, resumes or which other images are extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+FILLS = ("nearest", "reflect", "wrap", "constant")
+# key: (allowed range as text, check)
+_FRACTION_KEYS = {
+    "rotation": "fraction of a full turn, 0 to 1 (0.15 = up to ±54°)",
+    "width_shift": "fraction of the width, 0 to 1",
+    "height_shift": "fraction of the height, 0 to 1",
+    "zoom": "fraction, 0 to 1 (0.2 = 80% to 120%)",
+    "brightness": "fraction of the 0-255 range, 0 to 1",
+    "contrast": "fraction, 0 to 1",
+    "shear": "fraction, 0 to 1",
+}
+ALIASES = {"shift": ("width_shift", "height_shift"), "translation": ("width_shift", "height_shift")}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # session-4 tutorial's ImageDataGenerator(width_shift_range=0.2, height_shift_range=0.2, zoom_range=0.2)
+    "tutorial": {"width_shift": 0.2, "height_shift": 0.2, "zoom": 0.2, "fill": "nearest"},
+    # EPI-USE dog-breed model: RandomRotation(0.15), RandomTranslation(0.1, 0.1), RandomFlip, RandomContrast(0.1)
+    "epiuse": {"rotation": 0.15, "width_shift": 0.1, "height_shift": 0.1, "flip": "horizontal", "contrast": 0.1,
+               "fill": "nearest"},
+}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    preset: str
+    params: tuple[tuple[str, Any], ...]  # sorted (key, value) pairs
+
+    @property
+    def enabled(self) -> bool:
+        return any(k != "fill" and v not in (0, 0.0, "none") for k, v in self.params)
+
+    def as_config(self) -> dict[str, Any]:
+        return {"preset": self.preset, "params": dict(self.params)}
+
+
+def parse_augment(text: str | None) -> AugmentSpec:
+    """``'epiuse'`` or ``'rotation=0.1,zoom=0.2,flip=horizontal'`` → a validated :class:`AugmentSpec`."""
+    text = (text or "none").strip()
+    if text in PRESETS:
+        return AugmentSpec(text, tuple(sorted(PRESETS[text].items())))
+    if "=" not in text:
+        raise ValueError(f"AUGMENT={text!r} is not a preset ({', '.join(PRESETS)}) nor key=value pairs "
+                         f"like 'rotation=0.1,zoom=0.2,flip=horizontal'")
+    params: dict[str, Any] = {"fill": "nearest"}
+    for token in text.split(","):
+        key, _, value = (t.strip() for t in token.partition("="))
+        for k in ALIASES.get(key, (key,)):
+            params[k] = _check(k, value)
+    return AugmentSpec("custom", tuple(sorted(params.items())))
+
+
+def _check(key: str, value: str) -> Any:
+    allowed = ", ".join([*_FRACTION_KEYS, *ALIASES, "flip", "fill"])
+    if key == "flip":
+        if value not in FLIPS:
+            raise ValueError(f"AUGMENT flip={value!r} is not one of {', '.join(FLIPS)}")
+        return value
+    if key == "fill":
+        if value not in FILLS:
+            raise ValueError(f"AUGMENT fill={value!r} is not one of {', '.join(FILLS)}")
+        return value
+    if key not in _FRACTION_KEYS:
+        raise ValueError(f"AUGMENT has no key {key!r}; keys are: {allowed}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"AUGMENT {key}={value!r} is not a number; {key} is a {_FRACTION_KEYS[key]}") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"AUGMENT {key}={number} is out of range; {key} is a {_FRACTION_KEYS[key]}")
+    return number
+
+
+def view_seed(seed: int, relpath: str, round_: int) -> np.ndarray:
+    """Two int32 words of a stateless seed for one view."""
+    digest = hashlib.sha256(f"{seed}\0{relpath}\0{round_}".encode("utf-8", "surrogateescape")).digest()
+    return np.frombuffer(digest[:8], dtype="<i4").copy()
+
+
+def build_layers(spec: AugmentSpec) -> list:
+    """The Keras 3 preprocessing layers for ``spec``, in application order."""
+    import keras  # noqa: PLC0415
+
+    p = dict(spec.params)
+    fill = p.get("fill", "nearest")
+    layers = []
+    if p.get("flip", "none") != "none":
+        layers.append(keras.layers.RandomFlip(p["flip"]))
+    if p.get("rotation"):
+        layers.append(keras.layers.RandomRotation(p["rotation"], fill_mode=fill))
+    if p.get("width_shift") or p.get("height_shift"):
+        layers.append(keras.layers.RandomTranslation(p.get("height_shift", 0.0), p.get("width_shift", 0.0),
+                                                     fill_mode=fill))
+    if p.get("zoom"):
+        layers.append(keras.layers.RandomZoom(p["zoom"], p["zoom"], fill_mode=fill))
+    if p.get("shear"):
+        layers.append(keras.layers.RandomShear(p["shear"], p["shear"], fill_mode=fill))
+    if p.get("brightness"):
+        layers.append(keras.layers.RandomBrightness(p["brightness"], value_range=(0, 255)))
+    if p.get("contrast"):
+        layers.append(keras.layers.RandomContrast(p["contrast"], value_range=(0, 255)))
+    return layers
+
+
+def make_augmenter(spec: AugmentSpec):
+    """A graph function ``(image float32 (h, w, 3), seed int32 (2,)) → augmented image``, for tf.data."""
+    import tensorflow as tf  # noqa: PLC0415
+    from keras.random import SeedGenerator  # noqa: PLC0415
+
+    class _FixedSeed(SeedGenerator):
+        # Keras layers draw their randomness from `seed.next()`; a per-view stateless seed makes
+        # each view depend only on (SEED, path, round), never on batch composition or call order.
+        def __init__(self, value):  # noqa: D107  (no state variable: nothing advances)
+            self._value = value
+
+        def next(self, ordered=True):
+            return self._value
+
+    layers = build_layers(spec)
+
+    def augment(image, seed):
+        x = image[None]
+        for i, layer in enumerate(layers):
+            fixed = _FixedSeed(seed + tf.constant([0, 1000003 * (i + 1)], tf.int32))
+            transformation = layer.get_random_transformation(x, training=True, seed=fixed)
+            x = layer.transform_images(x, transformation, training=True)
+        return tf.clip_by_value(x[0], 0.0, 255.0)
+
+    return augment

@@ -1,0 +1,130 @@
+"""Augmented rounds: presets, validation, deterministic views, row layout, extending ROUNDS, preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SIZE, write_class_folders
+from PIL import Image
+
+from extract import FeatureCache, extract_features
+from extract import pipeline
+from extract.augment import PRESETS, parse_augment, view_seed
+from extract.discover import discover
+
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+def test_presets_hold_their_documented_values():
+    assert PRESETS["tutorial"] == {"width_shift": 0.2, "height_shift": 0.2, "zoom": 0.2, "fill": "nearest"}
+    assert PRESETS["epiuse"] == {"rotation": 0.15, "width_shift": 0.1, "height_shift": 0.1, "flip": "horizontal",
+                                 "contrast": 0.1, "fill": "nearest"}
+    assert not parse_augment("none").enabled and parse_augment("epiuse").enabled
+    custom = dict(parse_augment("rotation=0.1,zoom=0.2,flip=horizontal").params)
+    assert custom == {"rotation": 0.1, "zoom": 0.2, "flip": "horizontal", "fill": "nearest"}
+    assert dict(parse_augment("shift=0.3").params)["height_shift"] == 0.3
+
+
+@pytest.mark.parametrize("text,message", [
+    ("rotation=2", "rotation=2.0 is out of range; rotation is a fraction of a full turn, 0 to 1"),
+    ("zoom=big", "zoom='big' is not a number"),
+    ("flip=diagonal", "flip='diagonal' is not one of none, horizontal, vertical, horizontal_and_vertical"),
+    ("blur=0.1", "no key 'blur'; keys are: rotation, width_shift"),
+    ("fancy", "not a preset (none, tutorial, epiuse)"),
+])
+def test_bad_augment_values_name_the_key_and_range(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_augment(text)
+
+
+def _views(data, order, batch_size, spec="epiuse"):
+    found = discover(data, val=0.0)
+    views = [(it, r) for it in found.items for r in range(3)]
+    views = [views[i] for i in order(len(views))]
+    ds = pipeline.image_dataset([it.abspath for it, _ in views], SIZE, batch_size, augment=parse_augment(spec),
+                                rounds=[r for _, r in views],
+                                seeds=np.stack([view_seed(0, it.relpath, r) for it, r in views]))
+    out = {}
+    for idx, imgs, _ in ds:
+        for i, img in zip(idx.numpy(), imgs.numpy()):
+            out[(views[i][0].relpath, views[i][1])] = img
+    return out
+
+
+def test_same_seed_same_pixels_across_batch_sizes_and_orders(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    forward = _views(data, lambda n: range(n), batch_size=4)
+    backward = _views(data, lambda n: range(n - 1, -1, -1), batch_size=5)
+    shuffled = _views(data, lambda n: np.random.default_rng(1).permutation(n), batch_size=1)
+    assert forward.keys() == backward.keys() == shuffled.keys()
+    for key in forward:
+        np.testing.assert_array_equal(forward[key], backward[key])
+        np.testing.assert_array_equal(forward[key], shuffled[key])
+    path = next(iter(forward))[0]
+    assert not np.array_equal(forward[(path, 1)], forward[(path, 2)])
+    assert not np.array_equal(forward[(path, 0)], forward[(path, 1)])
+    clean = np.asarray(Image.open(data / path).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR), np.float32)
+    np.testing.assert_array_equal(forward[(path, 0)], clean)
+
+
+def test_rows_are_train_times_k_plus_one_plus_val_and_test(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", per_class=6)
+    write_class_folders(tmp_path / "d" / "test", per_class=1, seed=4)
+    result = extract_features(tmp_path / "d", out=tmp_path / "c.h5", size=SIZE, weights="none", augment="tutorial",
+                              rounds=2, **QUIET)
+    with FeatureCache(result.path) as c:
+        split, rnd, paths = c.column("split"), c.column("round"), c.column("path")
+        n_train = len(set(paths[split == "train"]))
+        n_val, n_test = (split == "val").sum(), (split == "test").sum()
+        assert c.n_rows == n_train * 3 + n_val + n_test and n_test == 3 and n_val > 0
+        assert (rnd[split != "train"] == 0).all()
+        assert sorted(set(rnd[split == "train"])) == [0, 1, 2]
+        assert c.config["augmentation"] == {"preset": "tutorial", "params": PRESETS["tutorial"], "rounds": 2, "seed": 0}
+        assert not set(paths[split == "train"]) & set(paths[split == "val"])
+
+
+def test_extending_rounds_runs_the_backbone_only_on_the_new_round(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "d", per_class=4)
+    kw = dict(cache_dir=tmp_path / "fc", size=SIZE, weights="none", dtype="float32", augment="epiuse", **QUIET)
+    one = extract_features(data, rounds=1, **kw)
+    seen_rounds: list[int] = []
+    real = pipeline.embed
+
+    def counting(paths, *a, **k):
+        seen_rounds.extend(k["rounds"])
+        return real(paths, *a, **k)
+
+    monkeypatch.setattr(pipeline, "embed", counting)
+    logs = []
+    two = extract_features(data, rounds=2, **{**kw, "log": logs.append})
+    with FeatureCache(two.path) as c:
+        n_train = len(set(c.column("path")[c.column("split") == "train"]))
+    assert seen_rounds == [2] * n_train
+    assert two.path != one.path and one.path.exists()
+    assert any("reusing the rows of" in m for m in logs)
+    monkeypatch.setattr(pipeline, "embed", real)
+    independent = extract_features(data, rounds=2, **{**kw, "cache_dir": tmp_path / "independent"})
+    from test_reliability import assert_same_cache
+
+    assert_same_cache(two.path, independent.path)
+
+
+def test_heads_use_all_rounds_or_clean_only(tmp_path):
+    from heads import train_head
+
+    data = write_class_folders(tmp_path / "d", per_class=5)
+    cache = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", augment="epiuse", rounds=2,
+                             **QUIET).path
+    all_rows = train_head("logreg", cache, tmp_path / "a", log=lambda m: None).metrics
+    clean = train_head("logreg", cache, tmp_path / "b", train_rounds="clean", log=lambda m: None).metrics
+    assert all_rows["n_train"] == 3 * clean["n_train"]
+    assert all_rows["n_val"] == clean["n_val"] > 0
+
+
+def test_preview_png_has_the_expected_grid(tmp_path):
+    from extract.preview import preview_augment
+
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    out = preview_augment(data, "epiuse", rounds=3, out=tmp_path / "p.png", n_images=4)
+    width, height = Image.open(out).size
+    assert (width, height) == (int(1.6 * 4 * 100), int(1.7 * 4 * 100))
