@@ -256,3 +256,20 @@ def test_compare_backbones_names_every_missing_weights_file_up_front(folder_data
     with pytest.raises(WeightsUnavailableError, match="xception_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         compare_backbones(folder_data, ["xception", "vgg16"], cache_dir=tmp_path / "cache", log=lambda m: None)
     assert not (tmp_path / "cache").exists()
+
+
+def test_readme_backbone_table_is_the_registry():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("\n## Backbones\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `") and not line.startswith("| `BACKBONE=`"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    assert sorted(rows) == NAMES
+    for name, cells in rows.items():
+        spec = get_backbone(name)
+        assert cells[1] == spec.constructor.rsplit(".", 1)[1]
+        assert [int(c.replace(",", "")) for c in cells[2:5]] == [spec.default_size, spec.min_size, spec.feature_width]
+        assert (cells[5] == "inside the network") == spec.preprocess_in_model
+        assert cells[6] == ("—" if spec.gflops is None else f"{spec.gflops:g}¹")
