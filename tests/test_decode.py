@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,25 @@ def test_pixel_limit_is_configurable(tmp_path, picture):
     picture.save(tmp_path / "a.png")
     with pytest.raises(DecodeError, match="too many pixels: 40x30 is over the limit of 1,000"):
         load_rgb(str(tmp_path / "a.png"), max_pixels=1000)
+
+
+def test_unreadable_permissions_as_a_non_root_user(tmp_path_factory, picture):
+    """A chmod 000 file, decoded by a real non-root process (root would read it anyway)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="headswap-perm-"))
+    folder.chmod(0o755)
+    locked = folder / "locked.jpg"
+    picture.save(locked)
+    locked.chmod(0o000)
+    # The interpreter lives under /root here, so the child starts as root, loads what it needs, and
+    # drops to nobody (65534) before the read: the open() below is a real non-root open().
+    code = ("import os\nfrom PIL import Image\nImage.init()\nfrom extract.decode import load_rgb, DecodeError\n"
+            "if os.geteuid() == 0:\n    os.setgroups([])\n    os.setgid(65534)\n    os.setuid(65534)\n"
+            "assert os.geteuid() != 0\n"
+            f"try:\n    load_rgb({str(locked)!r})\nexcept DecodeError as e:\n    print(e.reason)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "unreadable: Permission denied", out.stderr
