@@ -5,7 +5,7 @@ Public entry points: :func:`train_head`, :func:`create_head`, :func:`list_heads`
 not import TensorFlow; only the ``dense`` head and ``predict`` do, when they run.
 """
 
-from . import dense, logreg  # noqa: F401  (registers the heads)
+from . import dense, knn, linear_svm, logreg, ridge, sgd  # noqa: F401  (registers the heads)
 from .base import Head, load_head
 from .predict import predict
 from .registry import create_head, list_heads, register_head

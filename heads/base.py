@@ -4,6 +4,10 @@ A head stores its keyword arguments in ``__init__`` (no logic), learns in ``fit(
 returns ``self``, and keeps learned state in attributes ending in ``_``. ``predict_proba``
 columns follow ``classes_``. ``save(dir)`` writes ``head.json`` plus arrays or a ``.keras``
 file; ``load_head(dir)`` reads them back without pickle, so a run from elsewhere cannot run code.
+
+A head with ``streaming = True`` also implements ``fit_blocks(blocks, classes, validation_data)``:
+it never sees all training rows at once. ``blocks`` is a :data:`BlockSource`; each call is one
+pass over the training rows. ``train_head`` feeds such heads from the HDF5 file block by block.
 """
 
 from __future__ import annotations
@@ -11,17 +15,30 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
-from .registry import head_class
+from .registry import Param, head_class
 
 HEAD_FILE = "head.json"
+
+BlockSource = Callable[[np.random.Generator | None], Iterator[tuple[np.ndarray, np.ndarray]]]
+"""``blocks(rng)`` yields (X block, y block) pairs covering the training rows once.
+
+``rng=None`` keeps the stored row order; a generator draws a random row order (each block's
+rows are then a random sample, so class-sorted files still give mixed blocks).
+"""
 
 
 class Head(ABC):
     name: str = ""
+    #: allowed values of the ``__init__`` arguments, checked by ``create_head``
+    param_specs: ClassVar[dict[str, Param]] = {}
+    #: True when the head trains with ``fit_blocks`` (out of core) instead of ``fit``
+    streaming: ClassVar[bool] = False
+    #: True when the head imports TensorFlow/Keras (all others must not)
+    uses_keras: ClassVar[bool] = False
 
     def get_params(self) -> dict[str, Any]:
         from .registry import head_params  # noqa: PLC0415
@@ -74,3 +91,48 @@ def load_head(folder: str | Path) -> Head:
 def flat(X: np.ndarray) -> np.ndarray:
     """(n, ...) → (n, d) float32."""
     return np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+
+
+def index_blocks(n: int, block_rows: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Positions 0..n-1 in blocks of at most ``block_rows``: in order, or randomly when ``rng`` is given.
+
+    Each block is sorted, because HDF5 reads rows in increasing order.
+    """
+    order = np.arange(n) if rng is None else rng.permutation(n)
+    for start in range(0, n, block_rows):
+        yield np.sort(order[start:start + block_rows])
+
+
+def array_blocks(X: np.ndarray, y: np.ndarray, block_rows: int) -> BlockSource:
+    """A :data:`BlockSource` over in-memory arrays (what ``fit`` of a streaming head uses)."""
+    def blocks(rng: np.random.Generator | None = None):
+        for idx in index_blocks(len(y), block_rows, rng):
+            yield X[idx], y[idx]
+    return blocks
+
+
+def standardized_linear(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
+                        intercept: np.ndarray) -> np.ndarray:
+    """Decision values ((X - mean) / scale) @ coef.T + intercept, of shape (n_samples, n_rows_of_coef)."""
+    return ((flat(X) - mean) / scale) @ coef.T + intercept
+
+
+def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0):
+    """Stratified folds, as many as the rarest class allows (at most ``wanted``, at least 2)."""
+    from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415
+
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"{what} needs at least 2 training rows of every class for cross-validation; "
+                         f"class {classes[counts.argmin()]} has {counts.min()}")
+    return StratifiedKFold(n_splits=int(min(wanted, counts.min())), shuffle=True, random_state=seed)
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read with ``allow_pickle=False``."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

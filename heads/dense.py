@@ -7,24 +7,35 @@ from pathlib import Path
 import numpy as np
 
 from .base import Head
-from .registry import register_head
+from .registry import Param, register_head
 
 
 @register_head("dense")
 class DenseHead(Head):
-    """Flatten → Dense(128, relu) → Dropout(0.2) → Dense(128, relu) → Dropout(0.5) → softmax.
+    """Flatten → Dense(units, relu) → Dropout(dropout1) → Dense(units2, relu) → Dropout(dropout2) → softmax.
 
-    Adam, categorical cross-entropy; early stopping on validation loss with ``patience``,
-    restoring the best weights. The network is built in ``fit``.
+    The defaults are the tutorial's: 128 and 128 units, dropout 0.2 and 0.5. ``units2=None``
+    means the same width as ``units``. Adam, categorical cross-entropy, at most ``epochs``;
+    early stopping on validation loss with ``patience``, restoring the best weights. The
+    network is built in ``fit``.
 
     ``standardize=True`` (default) puts a Normalization layer, adapted on the training
     features, in front of the tutorial's layers; ``standardize=False`` is the tutorial's exact net.
     """
 
-    def __init__(self, units: int = 128, dropout1: float = 0.2, dropout2: float = 0.5, epochs: int = 100,
-                 patience: int = 10, batch_size: int = 32, learning_rate: float = 1e-3, standardize: bool = True,
-                 seed: int = 0):
+    uses_keras = True
+    param_specs = {
+        "units": Param(int, ge=1), "units2": Param(int, ge=1, none_ok=True), "dropout1": Param(float, ge=0, lt=1),
+        "dropout2": Param(float, ge=0, lt=1), "epochs": Param(int, ge=1), "patience": Param(int, ge=0),
+        "batch_size": Param(int, ge=1), "learning_rate": Param(float, gt=0), "standardize": Param(bool),
+        "seed": Param(int, ge=0),
+    }
+
+    def __init__(self, units: int = 128, units2: int | None = None, dropout1: float = 0.2, dropout2: float = 0.5,
+                 epochs: int = 100, patience: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
+                 standardize: bool = True, seed: int = 0):
         self.units = units
+        self.units2 = units2
         self.dropout1 = dropout1
         self.dropout2 = dropout2
         self.epochs = epochs
@@ -46,7 +57,7 @@ class DenseHead(Head):
             *layers,
             keras.layers.Dense(int(self.units), activation="relu"),
             keras.layers.Dropout(float(self.dropout1)),
-            keras.layers.Dense(int(self.units), activation="relu"),
+            keras.layers.Dense(int(self.units if self.units2 is None else self.units2), activation="relu"),
             keras.layers.Dropout(float(self.dropout2)),
             keras.layers.Dense(n_classes, activation="softmax"),
         ], name="dense_head")

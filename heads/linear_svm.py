@@ -1,0 +1,79 @@
+"""Linear SVM with sigmoid-calibrated probabilities (scikit-learn, no TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+from .base import Head, cv_folds, flat, load_arrays, save_arrays, standardized_linear
+from .registry import Param, register_head
+
+
+@register_head("linear-svm")
+class LinearSVMHead(Head):
+    """``LinearSVC`` on standardized features, probabilities by Platt (sigmoid) calibration.
+
+    ``CalibratedClassifierCV(method="sigmoid", ensemble=False)``: one SVM is fit on all
+    training rows, and one sigmoid per class (one for two classes) on cross-validated decision
+    values. The state is plain numbers, ``mean_``, ``scale_``, ``coef_``, ``intercept_`` and the
+    sigmoids' ``calib_a_``, ``calib_b_``; ``predict_proba`` is computed from them in numpy as
+    scikit-learn does: p_k = 1 / (1 + exp(a_k d_k + b_k)), normalized over classes.
+
+    Parameters
+    ----------
+    C : inverse regularization strength.
+    max_iter : liblinear iterations.
+    cv : calibration folds (fewer when a class has fewer training rows; every class needs 2).
+    seed : fold shuffling and liblinear's random state.
+    """
+
+    param_specs = {"C": Param(float, gt=0), "max_iter": Param(int, ge=1), "cv": Param(int, ge=2),
+                   "seed": Param(int, ge=0)}
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, cv: int = 3, seed: int = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.cv = cv
+        self.seed = seed
+
+    def fit(self, X, y, validation_data=None):
+        from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
+        from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+        from sklearn.svm import LinearSVC  # noqa: PLC0415
+
+        X = flat(X)
+        scaler = StandardScaler().fit(X)
+        svc = LinearSVC(C=float(self.C), max_iter=int(self.max_iter), random_state=int(self.seed))
+        model = CalibratedClassifierCV(svc, method="sigmoid", ensemble=False,
+                                       cv=cv_folds(y, int(self.cv), "linear-svm calibration", int(self.seed)))
+        model.fit(scaler.transform(X), y)
+        (calibrated,) = model.calibrated_classifiers_
+        self.classes_ = model.classes_
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
+        self.coef_, self.intercept_ = calibrated.estimator.coef_, calibrated.estimator.intercept_
+        self.calib_a_ = np.array([c.a_ for c in calibrated.calibrators], np.float64)
+        self.calib_b_ = np.array([c.b_ for c in calibrated.calibrators], np.float64)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """SVM decision values of shape (n_samples, n_classes), or (n_samples, 1) for two classes."""
+        return standardized_linear(X, self.mean_, self.scale_, self.coef_, self.intercept_)
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = expit(-(self.calib_a_ * self.decision_function(X) + self.calib_b_))
+        if p.shape[1] == 1:
+            return np.column_stack([1 - p[:, 0], p[:, 0]])
+        total = p.sum(axis=1, keepdims=True)
+        # Where every sigmoid gives 0, scikit-learn falls back to uniform probabilities.
+        return np.divide(p, total, out=np.full_like(p, 1 / p.shape[1]), where=total != 0)
+
+    def _save_state(self, folder: Path) -> None:
+        save_arrays(folder / "linear_svm.npz", mean=self.mean_, scale=self.scale_, coef=self.coef_,
+                    intercept=self.intercept_, calib_a=self.calib_a_, calib_b=self.calib_b_)
+
+    def _load_state(self, folder: Path) -> None:
+        z = load_arrays(folder / "linear_svm.npz")
+        self.mean_, self.scale_, self.coef_, self.intercept_ = z["mean"], z["scale"], z["coef"], z["intercept"]
+        self.calib_a_, self.calib_b_ = z["calib_a"], z["calib_b"]
