@@ -41,7 +41,7 @@ help: ## show this help
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
 	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
-	@echo "           TRAIN_ROUNDS | IMAGES SUBMISSION=1.  See README.md for each."
+	@echo "           TRAIN_ROUNDS ASSERT_ACCURACY | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,13 +65,14 @@ preview-augment: $(STAMP) ## PNG grid of training images beside their views: DAT
 	$(PY) -m extract.preview --data "$(DATA)" $(call opt,LABELS,--labels) --augment "$(or $(AUGMENT),tutorial)" \
 	  --rounds "$(or $(ROUNDS),4)" --out "$(or $(OUT),augment_preview.png)" --seed "$(SEED)"
 
-train-head: $(STAMP) ## train a head on a cache: HEAD=logreg|dense [FEATURES=<h5>] [RUN=<dir>] [HEAD_ARGS='C=0.5']
+train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd [FEATURES=a.h5[,b.h5]] [HEAD_ARGS='C=0.5'] [ASSERT_ACCURACY=0.85]
 	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
-	  $(call opt,TRAIN_ROUNDS,--train-rounds)
+	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
-compare-heads: $(STAMP) ## train several heads on one cache: [FEATURES=<h5>] [HEADS=logreg,dense]
-	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out)
+compare-heads: $(STAMP) ## train heads (default: all) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [ASSERT_ACCURACY=]
+	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
+	  $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from extract.cli_util import none_or_str, run_cli
+
+from .registry import list_heads
+from .train import EXIT_ACCURACY
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,20 +16,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fit a head on a feature cache")
-    t.add_argument("--head", default="logreg")
-    t.add_argument("--features", type=none_or_str, help="cache .h5 (default: the newest complete one)")
+    t.add_argument("--head", default="logreg", help=", ".join(list_heads()))
+    t.add_argument("--features", type=none_or_str,
+                   help="cache .h5, or a.h5,b.h5 to join caches of the same images (default: the newest complete one)")
     t.add_argument("--run", type=none_or_str, help="run folder (default: runs/<cache stem>/<head>/)")
     t.add_argument("--head-args", default="", help="e.g. 'C=0.5 max_iter=500'")
     t.add_argument("--epochs", type=int, default=None, help="dense head: maximum epochs")
-    t.add_argument("--c", type=float, default=None, help="logreg: inverse regularization strength")
+    t.add_argument("--c", type=none_or_str, default=None, help="logreg: inverse regularization strength, or auto")
     t.add_argument("--train-rounds", default="all", choices=["all", "clean"])
     t.add_argument("--cache-dir", default="features_cache")
+    t.add_argument("--assert-accuracy", type=float, default=None,
+                   help=f"exit with code {EXIT_ACCURACY} when val accuracy is below this fraction, e.g. 0.85")
 
     c = sub.add_parser("compare", help="train several heads on one cache and tabulate them")
     c.add_argument("--features", type=none_or_str)
     c.add_argument("--heads", type=none_or_str, help="comma-separated (default: all)")
     c.add_argument("--out", type=none_or_str, help="folder for compare.md and the runs")
     c.add_argument("--cache-dir", default="features_cache")
+    c.add_argument("--assert-accuracy", type=float, default=None,
+                   help=f"exit with code {EXIT_ACCURACY} when any head's val accuracy is below this fraction")
 
     b = sub.add_parser("compare-backbones", help="extract DATA with several backbones, train HEAD on each, tabulate")
     b.add_argument("--data", required=True, help="image folder (as for python -m extract)")
@@ -47,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=none_or_str, help="folder for compare_backbones.md/.png and the runs")
     b.add_argument("--no-progress", action="store_true")
 
+
     pr = sub.add_parser("predict", help="classify images with a trained run")
     pr.add_argument("--run", required=True)
     pr.add_argument("--images", required=True)
@@ -60,6 +70,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go():
+        from .train import AccuracyBelowThreshold  # noqa: PLC0415
+
+        try:
+            dispatch()
+        except AccuracyBelowThreshold as err:
+            print(f"error: ASSERT_ACCURACY failed: {err}", file=sys.stderr)
+            sys.exit(EXIT_ACCURACY)
+
+    def dispatch():
         from . import predict, train_head  # noqa: PLC0415
         from .train import parse_head_args  # noqa: PLC0415
 
@@ -68,14 +87,15 @@ def main(argv: list[str] | None = None) -> None:
             if args.epochs is not None:
                 head_args.setdefault("epochs", args.epochs)
             if args.c is not None:
-                head_args.setdefault("C", args.c)
+                head_args.setdefault("C", parse_head_args(f"C={args.c}")["C"])
             train_head(args.head, args.features, args.run, head_args=head_args,
-                       train_rounds=args.train_rounds, cache_dir=args.cache_dir)
+                       train_rounds=args.train_rounds, cache_dir=args.cache_dir,
+                       assert_accuracy=args.assert_accuracy)
         elif args.command == "compare":
             from .compare import compare_heads  # noqa: PLC0415
 
-            compare_heads(args.features, args.heads.split(",") if args.heads else None, args.out,
-                          cache_dir=args.cache_dir)
+            compare_heads(args.features, [h.strip() for h in args.heads.split(",")] if args.heads else None,
+                          args.out, cache_dir=args.cache_dir, assert_accuracy=args.assert_accuracy)
         elif args.command == "compare-backbones":
             from .compare_backbones import compare_backbones  # noqa: PLC0415
 

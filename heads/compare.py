@@ -1,57 +1,105 @@
-"""Train several heads on one cache and tabulate them side by side (never re-extracts)."""
+"""Train several heads on one cache (or joined caches) and tabulate them side by side (never re-extracts)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from extract.cache import DEFAULT_DIR, newest_complete
+from extract.cache import DEFAULT_DIR
 
-from .registry import list_heads
-from .train import RANDOM_WEIGHTS_NOTE, train_head
+from .registry import head_class, list_heads
+from .train import (RANDOM_WEIGHTS_NOTE, AccuracyBelowThreshold, FeatureSource, accuracy_failures, check_threshold,
+                    feature_paths, train_head)
+
+COLUMNS = ("head", "val_accuracy", "val_top5_accuracy", "val_log_loss", "test_accuracy", "train_accuracy",
+           "fit_seconds", "predict_ms_per_image")
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def plot_comparison(table: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """Horizontal bars of val accuracy and val log loss per head (matplotlib, Agg)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(table) + 1.8), sharey=True)
+    for ax, column, label in ((axes[0], "val_accuracy", "val accuracy"), (axes[1], "val_log_loss", "val log loss")):
+        values = table[column].astype(float).fillna(0)
+        ax.barh(table["head"], values, color="tab:blue" if column == "val_accuracy" else "tab:orange")
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=9)
+        ax.set_xlabel(label)
+        ax.set_xlim(0, 1.05 if column == "val_accuracy" else max(float(values.max()) * 1.25, 1e-3))
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def compare_heads(
-    features: str | os.PathLike | None = None,
+    features: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     heads: list[str] | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike = DEFAULT_DIR,
+    assert_accuracy: float | None = None,
     log: Callable[[str], None] = _log,
 ) -> pd.DataFrame:
-    """Fit each head in ``heads`` (default: all registered) on ``features``; write ``compare.md``.
+    """Fit each head in ``heads`` (default: all registered) on ``features``; write ``compare.md`` and ``compare.png``.
 
-    Returns one row per head with val accuracy, top-5, log loss, test accuracy and fit seconds.
+    Reads only the cache file(s), never the images. Returns one row per head with val accuracy,
+    top-5, log loss, test accuracy (labelled test rows), train accuracy, fit seconds and
+    predict milliseconds per image (``predict_proba`` on the val rows). With
+    ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` after writing everything when
+    any head's val accuracy is lower.
     """
-    features = Path(features) if features else newest_complete(cache_dir)
+    check_threshold(assert_accuracy)
+    paths = feature_paths(features, cache_dir)
     heads = heads or list_heads()
-    out_dir = Path(out_dir) if out_dir else Path("runs") / features.stem
-    rows, note = [], ""
     for name in heads:
-        result = train_head(name, features, out_dir / name, log=log)
-        m = result.metrics
-        note = note or m["note"]
-        rows.append({
-            "head": name, "val_accuracy": m["val_accuracy"], "val_top5_accuracy": m["val_top5_accuracy"],
-            "val_log_loss": m["val_log_loss"], "test_accuracy": m["test_accuracy"],
-            "train_accuracy": m["train_accuracy"], "fit_seconds": m["fit_seconds"],
-        })
-    table = pd.DataFrame(rows)
+        head_class(name)  # an unknown name fails here, before any training
+    if assert_accuracy is not None:
+        with FeatureSource(paths) as source:
+            if not len(source.rows("val")):
+                raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "
+                                 f"{','.join(map(str, paths))} has none; extract with VAL>0")
+    stem = "+".join(p.stem for p in paths)
+    out_dir = Path(out_dir) if out_dir else Path("runs") / stem
+    metrics: list[dict[str, Any]] = []
+    for name in heads:
+        metrics.append(train_head(name, paths, out_dir / name, cache_dir=cache_dir, log=log).metrics)
+    table = pd.DataFrame([{k: m.get(k) for k in COLUMNS} for m in metrics], columns=list(COLUMNS))
+    table = table.astype({k: float for k in COLUMNS[1:]})  # None (no labelled test rows) → NaN
+    note = next((m["note"] for m in metrics if m["note"]), "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = f"# Heads on `{features.name}`\n\n" + table.to_markdown(index=False, floatfmt=".4f") + "\n"
+    plot_comparison(table, out_dir / "compare.png",
+                    title=f"heads on {stem}" + (f"\n{RANDOM_WEIGHTS_NOTE}" if note else ""))
+    cells = table.astype(object).where(table.notna(), None)  # tabulate writes n/a only for None
+    md = (f"# Heads on `{', '.join(p.name for p in paths)}`\n\n"
+          + cells.to_markdown(index=False, floatfmt=".4f", missingval="n/a")
+          + "\n\n![val accuracy and log loss per head](compare.png)\n"
+          + "\nPredict ms per image: `predict_proba` on the val rows, from cached features (no backbone), "
+            "after one warm-up call.\n")
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out_dir / "compare.md").write_text(md)
-    log(f"\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+    log(f"\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}', na_rep='n/a')}")
     if note:
         log(f"NOTE: {RANDOM_WEIGHTS_NOTE}")
-    log(f"wrote {out_dir / 'compare.md'}")
+    log(f"wrote {out_dir / 'compare.md'} and {out_dir / 'compare.png'}")
+    if assert_accuracy is not None:
+        failures = accuracy_failures(metrics, assert_accuracy)
+        if failures:
+            raise AccuracyBelowThreshold("; ".join(failures))
+        log(f"ASSERT_ACCURACY={assert_accuracy:g} passed for {', '.join(heads)}")
     return table

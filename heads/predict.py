@@ -29,6 +29,21 @@ def _image_paths(images: Path) -> list[Path]:
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
 
 
+def _embed_with(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
+    """Features (n, *feature_shape) of the backbone ``config`` describes, and per image '' or why it failed."""
+    from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
+
+    model = load_backbone(config)
+    feats = np.zeros((len(paths), *model.output_shape[1:]), np.float32)
+    errors = [""] * len(paths)
+    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size):
+        # Round through the cache dtype so the head sees exactly what it was trained on.
+        feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
+        for k, r in zip(idx, reasons):
+            errors[k] = r
+    return feats, errors
+
+
 def predict(
     run: str | os.PathLike,
     images: str | os.PathLike,
@@ -45,24 +60,23 @@ def predict(
     With ``submission=True`` the CSV written to ``out`` is Kaggle's format instead:
     ``id`` plus one probability column per class, in class order.
     """
-    from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
-
     run = Path(run)
     info = json.loads((run / "run.json").read_text())
-    config, class_names = info["cache_config"], info["class_names"]
+    # A run on joined caches (FEATURES=a.h5,b.h5) lists every cache's config in cache_configs.
+    configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
     head = load_head(run / "head")
     paths = _image_paths(Path(images))
-    if config["weights"]["kind"] == "none":
+    if any(c["weights"]["kind"] == "none" for c in configs):
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
-    model = load_backbone(config)
     n = len(paths)
-    feats = np.zeros((n, *model.output_shape[1:]), np.float32)
     errors = [""] * n
-    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size):
-        # Round through the cache dtype so the head sees exactly what it was trained on.
-        feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
-        for k, r in zip(idx, reasons):
-            errors[k] = r
+    parts = []
+    for config in configs:
+        feats, reasons = _embed_with(config, paths, batch_size)
+        parts.append(feats)
+        errors = [e or r for e, r in zip(errors, reasons)]
+    # One cache: features keep their stored shape; several: flattened and joined in cache order, as in training.
+    feats = parts[0] if len(parts) == 1 else np.concatenate([f.reshape(n, -1) for f in parts], axis=1)
     ok = np.array([not e for e in errors], bool)
     proba = np.full((n, len(class_names)), np.nan)
     proba[ok] = full_proba(head, feats[ok], len(class_names))

@@ -1,6 +1,8 @@
 """Stage 2: read a feature cache, fit a head, evaluate it and write a run folder.
 
-Reads only the HDF5 file: no image is opened and no backbone is built.
+Reads only the HDF5 file(s): no image is opened and no backbone is built. ``FEATURES=a.h5,b.h5``
+joins several caches of the same images column-wise (:class:`FeatureSource`). Streaming heads
+(``sgd``) read their training rows block by block and never hold them all in memory.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, newest_complete
 
-from .base import Head
+from .base import BlockSource, Head, index_blocks
 from .registry import create_head, head_params
 
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
 TRAIN_ROUNDS = ("all", "clean")
+EXIT_ACCURACY = 3  # the CLI's exit code when ASSERT_ACCURACY fails
+
+
+class AccuracyBelowThreshold(Exception):
+    """Val accuracy is below ASSERT_ACCURACY (the run folders are still written)."""
 
 
 def _log(msg: str) -> None:
@@ -42,37 +49,184 @@ class Split:
 
 @dataclass
 class CacheData:
+    """What a head needs from one cache or several joined ones; ``path``/``config`` are the first cache's."""
+
     path: Path
     config: dict[str, Any]
     class_names: list[str]
-    train: Split
+    train: Split  # train.X is None when read with load_train=False (streaming heads)
     val: Split
     test: Split  # labelled test rows only
+    paths: list[Path]
+    configs: list[dict[str, Any]]
 
 
-def load_cache(features: str | os.PathLike, train_rounds: str = "all") -> CacheData:
-    """Read the rows a head needs; validation and test use the clean view (round 0) only."""
+def feature_paths(features: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                  cache_dir: str | os.PathLike = DEFAULT_DIR) -> list[Path]:
+    """``FEATURES`` as a list of files: ``'a.h5,b.h5'``, a path, a list, or None (the newest complete cache)."""
+    if features is None or features == "":
+        return [newest_complete(cache_dir)]
+    items = features.split(",") if isinstance(features, str) else (
+        [features] if isinstance(features, os.PathLike) else list(features))
+    paths = [Path(str(p).strip()) for p in items if str(p).strip()]
+    if not paths:
+        raise ValueError(f"FEATURES={features!r} names no file")
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"FEATURES={features!r} names a file twice")
+    return paths
+
+
+def _example(paths: np.ndarray, rounds: np.ndarray, rows: np.ndarray) -> str:
+    i = rows[0]
+    return f"{paths[i]}" + (f" (round {rounds[i]})" if rounds[i] else "")
+
+
+class FeatureSource:
+    """One cache, or several caches of the same images whose features are joined column-wise.
+
+    Rows follow the first cache; each other cache's rows are matched by (path, round). The
+    caches must hold the same images and rounds, with the same labels, splits and class names,
+    or the constructor raises a :class:`CacheError` saying what differs. ``features(index)``
+    gives (n, *feature_shape) float32 for one cache, and (n, sum of the flattened widths) for
+    several, in the order the files were given. Use as a context manager.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(p) for p in paths]
+        self._caches: list[FeatureCache] = []
+        try:
+            for p in self.paths:
+                self._caches.append(FeatureCache(p))
+                self._caches[-1].require_complete()
+            first = self._caches[0]
+            self.labels, self.path_column = first.column("label"), first.column("path")
+            self.split, self.round = first.column("split"), first.column("round")
+            self.class_names, self.configs = first.class_names, [c.config for c in self._caches]
+            self._rows_in = [None] + [self._match(c) for c in self._caches[1:]]
+        except BaseException:
+            self.close()
+            raise
+
+    def _match(self, other: FeatureCache) -> np.ndarray:
+        """For each row of the first cache, its row in ``other``; errors say what differs."""
+        a, b = self.paths[0].name, other.path.name
+        what = f"FEATURES={','.join(str(p) for p in self.paths)}: {a} and {b} are not caches of the same images"
+        if other.class_names != self.class_names:
+            raise CacheError(f"{what}: their class names differ ({len(self.class_names)} in {a}, "
+                             f"{len(other.class_names)} in {b}; e.g. {self.class_names[:3]} vs {other.class_names[:3]})")
+        o_path, o_round = other.column("path"), other.column("round")
+        keys = list(zip(self.path_column, self.round.tolist()))
+        position = {k: i for i, k in enumerate(zip(o_path, o_round.tolist()))}
+        for name, n_keys, n_unique in ((a, len(keys), len(set(keys))), (b, len(o_path), len(position))):
+            if n_keys != n_unique:
+                raise CacheError(f"{name} holds {n_keys - n_unique} duplicate (path, round) rows; re-extract it")
+        rows = np.array([position.get(k, -1) for k in keys], dtype=np.int64)
+        only_a = np.flatnonzero(rows < 0)
+        matched = np.zeros(len(o_path), bool)
+        matched[rows[rows >= 0]] = True
+        only_b = np.flatnonzero(~matched)
+        if len(only_a) or len(only_b):
+            examples = []
+            if len(only_a):
+                examples.append(f"{len(only_a)} rows of {a} are not in {b}, e.g. "
+                                f"{_example(self.path_column, self.round, only_a)}")
+            if len(only_b):
+                examples.append(f"{len(only_b)} rows of {b} are not in {a}, e.g. {_example(o_path, o_round, only_b)}")
+            raise CacheError(f"{what}: different image sets: {'; '.join(examples)}. "
+                             f"Extract both from the same DATA (and the same augmentation rounds).")
+        o_label, o_split = other.column("label"), other.column("split")
+        bad = np.flatnonzero(o_label[rows] != self.labels)
+        if len(bad):
+            i = bad[0]
+            name = lambda k: self.class_names[k] if k >= 0 else "unlabelled"  # noqa: E731
+            raise CacheError(f"{what}: {len(bad)} images have different labels, e.g. {self.path_column[i]}: "
+                             f"{name(self.labels[i])!r} in {a}, {name(o_label[rows[i]])!r} in {b}")
+        bad = np.flatnonzero(o_split[rows] != self.split)
+        if len(bad):
+            i = bad[0]
+            raise CacheError(f"{what}: {len(bad)} images are in different splits, e.g. {self.path_column[i]}: "
+                             f"{self.split[i]} in {a}, {o_split[rows[i]]} in {b}. Extract both with the same VAL= "
+                             f"and SEED=, and the same TEST= folder.")
+        return rows
+
+    def __enter__(self) -> "FeatureSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for c in self._caches:
+            c.close()
+
+    def rows(self, split: str, rounds: str = "all", labelled: bool = False) -> np.ndarray:
+        """Row indices (of the first cache) in ``split``; ``rounds='clean'`` keeps round 0 only."""
+        mask = self.split == split
+        if rounds == "clean":
+            mask &= self.round == 0
+        if labelled:
+            mask &= self.labels >= 0
+        return np.flatnonzero(mask)
+
+    def features(self, index: np.ndarray) -> np.ndarray:
+        """float32 features of rows ``index`` (increasing row indices of the first cache)."""
+        index = np.asarray(index, dtype=np.int64)
+        if len(self._caches) == 1:
+            return self._caches[0].features(index)
+        parts = []
+        for cache, rows_in in zip(self._caches, self._rows_in):
+            rows = index if rows_in is None else rows_in[index]
+            order = np.argsort(rows, kind="stable")  # HDF5 reads need increasing indices
+            X = np.empty((len(rows), *cache.feature_shape), np.float32)
+            X[order] = cache.features(rows[order])
+            parts.append(X.reshape(len(rows), int(np.prod(cache.feature_shape))))
+        return np.concatenate(parts, axis=1)
+
+    def blocks(self, index: np.ndarray, block_rows: int) -> BlockSource:
+        """A :data:`heads.base.BlockSource` over rows ``index``, reading at most ``block_rows`` at a time."""
+        index = np.asarray(index, dtype=np.int64)
+
+        def read(rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for pos in index_blocks(len(index), block_rows, rng):
+                rows = index[pos]
+                yield self.features(rows), self.labels[rows]
+        return read
+
+
+def _check_finite(X: np.ndarray, where: str, features: str) -> None:
+    if X.size and not np.isfinite(X).all():
+        raise CacheError(f"{features} has NaN or inf in its {where} features; re-extract it (`make verify` shows where)")
+
+
+def read_splits(source: FeatureSource, train_rounds: str = "all", *, load_train: bool = True) -> CacheData:
+    """The rows a head needs from an open source; validation and test use the clean view (round 0) only."""
     if train_rounds not in TRAIN_ROUNDS:
         raise ValueError(f"TRAIN_ROUNDS={train_rounds!r} is not one of {', '.join(TRAIN_ROUNDS)}")
-    with FeatureCache(features) as c:
-        c.require_complete()
-        labels, paths = c.column("label"), c.column("path")
+    names = ",".join(str(p) for p in source.paths)
 
-        def take(split: str, rounds: str, labelled: bool = False) -> Split:
-            idx = c.rows(split, rounds)
-            if labelled:
-                idx = idx[labels[idx] >= 0]
-            return Split(c.features(idx), labels[idx], paths[idx])
+    def take(split: str, rounds: str, labelled: bool = False, load: bool = True) -> Split:
+        idx = source.rows(split, rounds, labelled)
+        X = source.features(idx) if load else None
+        if X is not None:
+            _check_finite(X, split, names)
+        return Split(X, source.labels[idx], source.path_column[idx])
 
-        data = CacheData(Path(features), c.config, c.class_names,
-                         take("train", train_rounds), take("val", "clean"), take("test", "clean", labelled=True))
+    data = CacheData(source.paths[0], source.configs[0], source.class_names,
+                     take("train", train_rounds, load=load_train), take("val", "clean"),
+                     take("test", "clean", labelled=True), list(source.paths), source.configs)
     if len(data.train) == 0:
-        raise CacheError(f"{features} has no training rows")
-    for name in ("train", "val", "test"):
-        X = getattr(data, name).X
-        if X.size and not np.isfinite(X).all():
-            raise CacheError(f"{features} has NaN or inf in its {name} features; re-extract it (`make verify` shows where)")
+        raise CacheError(f"{names} has no training rows")
     return data
+
+
+def load_cache(features: str | os.PathLike | Sequence[str | os.PathLike], train_rounds: str = "all", *,
+               load_train: bool = True) -> CacheData:
+    """Read the rows a head needs from one cache or several (``'a.h5,b.h5'`` or a list, joined column-wise).
+
+    ``load_train=False`` leaves ``train.X`` as None (streaming heads read it in blocks instead).
+    """
+    with FeatureSource(feature_paths(features)) as source:
+        return read_splits(source, train_rounds, load_train=load_train)
 
 
 def full_proba(head: Head, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -100,8 +254,10 @@ def evaluate(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def default_run_dir(features: Path, head: str) -> Path:
-    return Path("runs") / features.stem / head
+def default_run_dir(features: Path | Sequence[Path], head: str) -> Path:
+    """``runs/<cache stem>/<head>``; several caches give ``runs/<stem a>+<stem b>/<head>``."""
+    paths = [features] if isinstance(features, Path) else list(features)
+    return Path("runs") / "+".join(Path(p).stem for p in paths) / head
 
 
 def parse_head_args(text: str | None) -> dict[str, Any]:
@@ -125,45 +281,92 @@ class TrainResult:
     run_dir: Path
 
 
+def check_threshold(assert_accuracy: float | None) -> None:
+    if assert_accuracy is not None and not 0 <= assert_accuracy <= 1:
+        raise ValueError(f"ASSERT_ACCURACY={assert_accuracy} must be a fraction between 0 and 1, e.g. 0.85")
+
+
+def accuracy_failures(metrics: list[dict[str, Any]], assert_accuracy: float) -> list[str]:
+    """One line per head whose val accuracy is below ``assert_accuracy``."""
+    return [f"{m['head']} val accuracy {'n/a' if m['val_accuracy'] is None else format(m['val_accuracy'], '.4f')} "
+            f"< ASSERT_ACCURACY={assert_accuracy:g}"
+            + (f" ({m['note']})" if m["note"] else "")
+            for m in metrics if m["val_accuracy"] is None or m["val_accuracy"] < assert_accuracy]
+
+
+def _predict_timed(model: Head, X: np.ndarray, n_classes: int) -> tuple[np.ndarray, float | None]:
+    """``full_proba`` and its milliseconds per row; a warm-up call first (Keras traces its graph once)."""
+    if not len(X):
+        return full_proba(model, X, n_classes), None
+    model.predict_proba(X[:1])
+    start = time.perf_counter()
+    proba = full_proba(model, X, n_classes)
+    return proba, 1000 * (time.perf_counter() - start) / len(X)
+
+
 def train_head(
     head: str = "logreg",
-    features: str | os.PathLike | None = None,
+    features: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     run: str | os.PathLike | None = None,
     *,
     head_args: dict[str, Any] | None = None,
     train_rounds: str = "all",
     cache_dir: str | os.PathLike = DEFAULT_DIR,
+    assert_accuracy: float | None = None,
     plots: bool = True,
     log: Callable[[str], None] = _log,
 ) -> TrainResult:
     """Fit head ``head`` on a cache and write ``run`` (default ``runs/<cache stem>/<head>/``).
 
-    The run folder holds the saved head (``head/``), ``metrics.json``, ``run.json`` (what
-    ``predict`` needs), a confusion-matrix PNG and, for ``dense``, training curves.
+    ``features`` is one cache, or several of the same images (``'a.h5,b.h5'`` or a list) whose
+    features are joined column-wise. The run folder holds the saved head (``head/``),
+    ``metrics.json``, ``run.json`` (what ``predict`` needs), a confusion-matrix PNG and, for heads
+    with a training history (dense, sgd), training curves. A streaming head (``sgd``) reads
+    its training rows from the file in blocks of its ``block_rows``.
+
+    With ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` (after writing the run)
+    when val accuracy is lower.
     """
-    features = Path(features) if features else newest_complete(cache_dir)
+    check_threshold(assert_accuracy)
+    paths = feature_paths(features, cache_dir)
     args = dict(head_args or {})
     if "seed" in head_params(head) and "seed" not in args:
         args["seed"] = 0
     model = create_head(head, **args)
-    data = load_cache(features, train_rounds)
-    n_classes = len(data.class_names)
-    run_dir = Path(run) if run else default_run_dir(features, head)
-    log(f"training {head} on {features.name}: {len(data.train):,} train rows, {len(data.val):,} val rows")
+    run_dir = Path(run) if run else default_run_dir(paths, head)
+    names = ",".join(str(p) for p in paths)
+    with FeatureSource(paths) as source:
+        data = read_splits(source, train_rounds, load_train=not model.streaming)
+        if assert_accuracy is not None and not len(data.val):
+            raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but {names} has none; "
+                             f"extract with VAL>0")
+        n_classes = len(data.class_names)
+        log(f"training {head} on {', '.join(p.name for p in paths)}: {len(data.train):,} train rows, "
+            f"{len(data.val):,} val rows" + (f", read in blocks of {model.block_rows:,}" if model.streaming else ""))
 
-    start = time.perf_counter()
-    model.fit(data.train.X, data.train.y, validation_data=(data.val.X, data.val.y) if len(data.val) else None)
-    fit_seconds = time.perf_counter() - start
+        validation = (data.val.X, data.val.y) if len(data.val) else None
+        train_index = source.rows("train", train_rounds)
+        start = time.perf_counter()
+        if model.streaming:
+            model.fit_blocks(source.blocks(train_index, int(model.block_rows)), np.unique(data.train.y), validation)
+        else:
+            model.fit(data.train.X, data.train.y, validation_data=validation)
+        fit_seconds = time.perf_counter() - start
 
-    val_proba = full_proba(model, data.val.X, n_classes)
-    val = evaluate(val_proba, data.val.y)
-    test = evaluate(full_proba(model, data.test.X, n_classes), data.test.y)
-    train_acc = evaluate(full_proba(model, data.train.X, n_classes), data.train.y)["accuracy"]
-    random_weights = data.config["weights"]["kind"] == "none"
+        val_proba, predict_ms = _predict_timed(model, data.val.X, n_classes)
+        val = evaluate(val_proba, data.val.y)
+        test = evaluate(full_proba(model, data.test.X, n_classes), data.test.y)
+        if model.streaming:
+            train_proba = np.concatenate([full_proba(model, X, n_classes)
+                                          for X, _ in source.blocks(train_index, int(model.block_rows))()])
+        else:
+            train_proba = full_proba(model, data.train.X, n_classes)
+        train_acc = evaluate(train_proba, data.train.y)["accuracy"]
+    kinds = [c["weights"]["kind"] for c in data.configs]
     metrics = {
         "head": head,
         "head_args": model.get_params(),
-        "features": str(features),
+        "features": names,
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test_labelled": len(data.test),
@@ -173,19 +376,27 @@ def train_head(
         "val_log_loss": val["log_loss"],
         "test_accuracy": test["accuracy"] if len(data.test) else None,
         "fit_seconds": round(fit_seconds, 3),
+        "predict_ms_per_image": None if predict_ms is None else round(predict_ms, 4),
         "train_rounds": train_rounds,
-        "weights": data.config["weights"]["kind"],
-        "note": RANDOM_WEIGHTS_NOTE if random_weights else "",
+        "weights": ",".join(kinds),
+        "note": RANDOM_WEIGHTS_NOTE if "none" in kinds else "",
     }
+    if len(paths) > 1:
+        metrics["feature_files"] = [str(p) for p in paths]
+    if getattr(model, "selected_params_", None):
+        metrics["selected_params"] = model.selected_params_
     if getattr(model, "n_epochs_", None):
         metrics["epochs_run"] = model.n_epochs_
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "head")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # features/cache_config describe the first cache (runs of one cache read as before);
+    # feature_files/cache_configs list every cache, in the order their features are joined.
     (run_dir / "run.json").write_text(json.dumps({
-        "head": head, "features": str(features.resolve()), "class_names": data.class_names,
-        "cache_config": data.config,
+        "head": head, "features": str(paths[0].resolve()), "class_names": data.class_names,
+        "cache_config": data.config, "feature_files": [str(p.resolve()) for p in paths],
+        "cache_configs": data.configs,
     }, indent=2))
     if plots:
         from .report import plot_confusion, plot_history  # noqa: PLC0415
@@ -196,6 +407,11 @@ def train_head(
         if getattr(model, "history_", None):
             plot_history(model.history_, run_dir / "training_curves.png", title=f"{head} training curves")
     log(format_summary(metrics, run_dir))
+    if assert_accuracy is not None:
+        failures = accuracy_failures([metrics], assert_accuracy)
+        if failures:
+            raise AccuracyBelowThreshold(failures[0])
+        log(f"ASSERT_ACCURACY={assert_accuracy:g} passed: {head} val accuracy {metrics['val_accuracy']:.4f}")
     return TrainResult(model, metrics, run_dir)
 
 
@@ -209,8 +425,13 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
         f"log loss {metrics['val_log_loss'] if metrics['val_log_loss'] is None else round(metrics['val_log_loss'], 4)}, "
         f"train accuracy {_pct(metrics['train_accuracy'])}"
         + (f", test accuracy {_pct(metrics['test_accuracy'])}" if metrics["test_accuracy"] is not None else ""),
-        f"fit in {metrics['fit_seconds']:.2f} s on {metrics['n_train']:,} rows; run saved in {run_dir}",
+        f"fit in {metrics['fit_seconds']:.2f} s on {metrics['n_train']:,} rows"
+        + (f", predict {metrics['predict_ms_per_image']:.3f} ms/image" if metrics.get("predict_ms_per_image") else "")
+        + f"; run saved in {run_dir}",
     ]
+    if metrics.get("selected_params"):
+        lines.append("selected by cross-validation: " + ", ".join(
+            f"{k}={v}" for k, v in metrics["selected_params"].items() if not isinstance(v, dict)))
     if metrics["note"]:
         lines.append(f"NOTE: {metrics['note']}")
     return "\n".join(lines)

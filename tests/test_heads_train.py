@@ -1,0 +1,243 @@
+"""train_head beyond one in-memory cache: streaming sgd, joined caches, ASSERT_ACCURACY, compare-heads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SIZE
+
+from extract import FeatureCache, extract_features
+from extract.cache import Batch, CacheError, HDF5Writer
+from heads import create_head, load_head, predict, train_head
+from heads.train import AccuracyBelowThreshold, FeatureSource, load_cache
+
+QUIET = {"log": lambda m: None}
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["a", "b", "c"]
+
+
+def write_cache(path: Path, X: np.ndarray, y: np.ndarray, split: list[str], *, paths: list[str] | None = None,
+                rounds: np.ndarray | None = None, class_names: list[str] = CLASSES, name: str = "synthetic") -> Path:
+    """A complete cache of given feature rows, written through the real writer (no backbone)."""
+    config = {"backbone": {"name": name}, "size": 0, "pooling": "avg", "weights": {"kind": "none"},
+              "dtype": "float32", "precision": "float32", "seed": 0, "val": 0.2}
+    writer = HDF5Writer(path, config=config, class_names=class_names, fingerprint="synthetic",
+                        feature_shape=X.shape[1:], dtype="float32")
+    paths = paths or [f"{class_names[k]}/{i:04d}.png" for i, k in enumerate(y)]
+    writer.write(Batch(X.astype(np.float32), np.asarray(y), paths, list(split),
+                       np.zeros(len(y), np.int16) if rounds is None else rounds))
+    writer.close(True)
+    return path
+
+
+def blobs(n_per_class: int = 100, d: int = 16, seed: int = 0, separable: bool = True):
+    """Class-sorted rows (as a folder-per-class cache is) with every 5th row of a class in val."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n_per_class)
+    X = rng.normal(size=(len(y), d))
+    if separable:
+        X += 3 * np.eye(d)[y]
+    split = np.where(np.arange(len(y)) % 5 == 0, "val", "train")
+    return X.astype(np.float32), y, list(split)
+
+
+@pytest.fixture(scope="module")
+def separable_cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("sep") / "sep.h5", *blobs())
+
+
+@pytest.fixture(scope="module")
+def noise_cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("noise") / "noise.h5", *blobs(separable=False, seed=1))
+
+
+def test_sgd_trains_out_of_core_in_blocks(separable_cache, tmp_path, monkeypatch):
+    reads: list[np.ndarray] = []
+    real = FeatureCache.features
+
+    def counting(self, index=None):
+        reads.append(np.arange(self.n_rows) if index is None else np.asarray(index))
+        return real(self, index)
+
+    monkeypatch.setattr(FeatureCache, "features", counting)
+    result = train_head("sgd", separable_cache, tmp_path / "run", head_args={"block_rows": 32, "epochs": 4}, **QUIET)
+    monkeypatch.undo()
+
+    with FeatureCache(separable_cache) as c:
+        train_rows = set(c.rows("train").tolist())
+    train_reads = [r for r in reads if train_rows & set(r.tolist())]
+    n_train = len(train_rows)
+    assert n_train == 240
+    assert max(len(r) for r in train_reads) <= 32  # never the whole training set at once
+    blocks_per_pass = -(-n_train // 32)
+    assert len(train_reads) == blocks_per_pass * (1 + 4 + 1)  # statistics, 4 epochs, train accuracy
+    assert result.head.n_blocks_ == blocks_per_pass * 4
+    m = result.metrics
+    assert m["n_train"] == 240 and m["n_val"] == 60 and m["epochs_run"] == 4
+    assert m["val_accuracy"] >= 0.9 and m["train_accuracy"] >= 0.9
+    assert result.head.coef_.shape == (3, 16)
+    assert (tmp_path / "run" / "training_curves.png").is_file()
+
+    # The same head fit on in-memory arrays sees the same blocks in the same order: the same model.
+    data = load_cache(separable_cache)
+    in_memory = create_head("sgd", block_rows=32, epochs=4, seed=0).fit(data.train.X, data.train.y)
+    np.testing.assert_allclose(in_memory.coef_, result.head.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(load_head(tmp_path / "run" / "head").predict_proba(data.val.X),
+                               result.head.predict_proba(data.val.X), atol=1e-9)
+
+
+def test_two_caches_are_joined_by_path_and_round(tmp_path):
+    X, y, split = blobs(n_per_class=20)
+    paths = [f"{CLASSES[k]}/{i:04d}.png" for i, k in enumerate(y)]
+    a = write_cache(tmp_path / "a.h5", X[:, :10], y, split, paths=paths, name="first")
+    order = np.random.default_rng(0).permutation(len(y))  # the second file stores its rows in another order
+    b = write_cache(tmp_path / "b.h5", X[order, 10:] * 2, y[order], [split[i] for i in order],
+                    paths=[paths[i] for i in order], name="second")
+
+    joined = load_cache(f"{a},{b}")
+    val = np.flatnonzero(np.array(split) == "val")
+    np.testing.assert_array_equal(joined.val.X, np.hstack([X[val, :10], X[val, 10:] * 2]))
+    np.testing.assert_array_equal(joined.val.y, y[val])
+    assert [c["backbone"]["name"] for c in joined.configs] == ["first", "second"]
+
+    result = train_head("logreg", [a, b], tmp_path / "run", **QUIET)
+    assert result.head.coef_.shape == (3, 16)
+    assert result.metrics["feature_files"] == [str(a), str(b)]
+    assert result.metrics["features"] == f"{a},{b}"
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [c["backbone"]["name"] for c in run["cache_configs"]] == ["first", "second"]
+    assert run["cache_config"]["backbone"]["name"] == "first"
+    streamed = train_head("sgd", f"{a},{b}", tmp_path / "sgd", head_args={"block_rows": 16}, **QUIET)
+    assert streamed.head.coef_.shape == (3, 16)
+
+
+@pytest.mark.parametrize("change,words", [
+    ("drop", ["different image sets", "1 rows of a.h5 are not in b.h5, e.g. c/0059.png"]),
+    ("label", ["1 images have different labels", "a/0000.png: 'a' in a.h5, 'b' in b.h5"]),
+    ("split", ["1 images are in different splits", "a/0000.png: val in a.h5, train in b.h5", "VAL="]),
+    ("classes", ["class names differ"]),
+])
+def test_joined_caches_of_different_images_are_refused(tmp_path, change, words):
+    X, y, split = blobs(n_per_class=20)
+    a = write_cache(tmp_path / "a.h5", X, y, split)
+    y2, split2, names, keep = y.copy(), list(split), CLASSES, len(y)
+    if change == "drop":
+        keep -= 1
+    elif change == "label":
+        y2[0] = 1
+    elif change == "split":
+        split2[0] = "train"
+    else:
+        names = ["a", "b", "d"]
+    paths = [f"{CLASSES[k]}/{i:04d}.png" for i, k in enumerate(y)]
+    b = write_cache(tmp_path / "b.h5", X[:keep], y2[:keep], split2[:keep], paths=paths[:keep], class_names=names)
+    with pytest.raises(CacheError) as err:
+        train_head("logreg", f"{a},{b}", tmp_path / "run", **QUIET)
+    for w in words:
+        assert w in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_predict_on_a_run_of_two_caches(folder_data, folder_cache, tmp_path):
+    """Two caches of the same images (avg and max pooling): predict builds both backbones and joins them."""
+    max_cache = extract_features(folder_data, out=tmp_path / "max.h5", size=SIZE, weights="none", dtype="float32",
+                                 pooling="max", batch_size=8, progress=False, **QUIET).path
+    result = train_head("logreg", f"{folder_cache},{max_cache}", tmp_path / "run", **QUIET)
+    with FeatureCache(folder_cache) as c:
+        width = int(np.prod(c.feature_shape))
+    assert result.head.coef_.shape[1] == 2 * width
+
+    table = predict(tmp_path / "run", folder_data, **QUIET)
+    data = load_cache([folder_cache, max_cache])
+    with FeatureCache(folder_cache) as c:
+        order = {p: i for i, p in enumerate(c.column("path"))}
+    with FeatureSource([folder_cache, max_cache]) as source:
+        rel = [str(Path(p).relative_to(folder_data)) for p in table["path"]]
+        X = source.features(np.array([order[r] for r in rel]))
+    expected = result.head.predict_proba(X)
+    assert list(table["label"]) == [data.class_names[k] for k in expected.argmax(1)]
+    np.testing.assert_allclose(table["probability"], expected.max(1), atol=1e-4)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "heads", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_assert_accuracy_exit_codes(separable_cache, noise_cache, tmp_path):
+    ok = _cli("train", "--head", "logreg", "--features", str(separable_cache), "--run", str(tmp_path / "ok"),
+              "--assert-accuracy", "0.85")
+    assert ok.returncode == 0, ok.stderr
+    assert "ASSERT_ACCURACY=0.85 passed" in ok.stderr
+
+    low = _cli("train", "--head", "logreg", "--features", str(noise_cache), "--run", str(tmp_path / "low"),
+               "--assert-accuracy", "0.85")
+    assert low.returncode == 3, low.stderr
+    acc = json.loads((tmp_path / "low" / "metrics.json").read_text())["val_accuracy"]  # the run is still saved
+    assert acc < 0.85
+    assert f"logreg val accuracy {acc:.4f} < ASSERT_ACCURACY=0.85" in low.stderr
+
+    both = _cli("compare", "--features", str(noise_cache), "--heads", "ridge,knn", "--out", str(tmp_path / "cmp"),
+                "--assert-accuracy", "0.85")
+    assert both.returncode == 3, both.stderr
+    assert "ridge val accuracy" in both.stderr and "knn val accuracy" in both.stderr
+    assert (tmp_path / "cmp" / "compare.md").is_file()
+
+    bad = _cli("train", "--features", str(separable_cache), "--run", str(tmp_path / "bad"), "--assert-accuracy", "85")
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+def test_assert_accuracy_in_the_library(separable_cache, noise_cache, tmp_path):
+    from heads.compare import compare_heads
+
+    table = compare_heads(separable_cache, ["logreg", "sgd"], tmp_path / "ok", assert_accuracy=0.85, **QUIET)
+    assert (table["val_accuracy"] >= 0.85).all()
+    with pytest.raises(AccuracyBelowThreshold, match="ridge val accuracy"):
+        train_head("ridge", noise_cache, tmp_path / "low", assert_accuracy=0.85, **QUIET)
+
+
+def test_compare_heads_never_reads_the_images(folder_data, tmp_path, monkeypatch):
+    import extract.pipeline as pipeline
+    from heads import list_heads
+    from heads.compare import compare_heads
+
+    data = shutil.copytree(folder_data, tmp_path / "shapes")
+    cache = extract_features(data, out=tmp_path / "shapes.h5", size=SIZE, weights="none", dtype="float32",
+                             batch_size=8, progress=False, **QUIET).path
+    shutil.move(data, tmp_path / "moved_away")
+    for name in ("embed", "load_backbone", "extract_features"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("compare-heads ran the backbone"))
+
+    table = compare_heads(cache, out_dir=tmp_path / "cmp", **QUIET)  # default: every registered head
+    assert list(table["head"]) == list_heads()
+    for column in ("val_accuracy", "val_top5_accuracy", "val_log_loss", "fit_seconds", "predict_ms_per_image"):
+        assert table[column].notna().all() and (table[column] >= 0).all()
+    assert table["test_accuracy"].isna().all()  # this data set has no labelled test split
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    for word in ("val_accuracy", "val_top5_accuracy", "val_log_loss", "test_accuracy", "fit_seconds",
+                 "predict_ms_per_image", "compare.png", "not meaningful", *list_heads()):
+        assert word in md
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in list_heads():
+        metrics = json.loads((tmp_path / "cmp" / name / "metrics.json").read_text())
+        assert metrics["val_accuracy"] == pytest.approx(float(table.set_index("head").loc[name, "val_accuracy"]))
+    assert not data.exists()
+
+
+def test_compare_md_reports_test_accuracy_when_test_is_labelled(tmp_path):
+    from heads.compare import compare_heads
+
+    X, y, split = blobs(n_per_class=20)
+    split = ["test" if i % 7 == 1 else s for i, s in enumerate(split)]
+    cache = write_cache(tmp_path / "t.h5", X, y, split)
+    table = compare_heads(cache, ["logreg", "knn"], tmp_path / "cmp", **QUIET)
+    assert table["test_accuracy"].notna().all() and (table["test_accuracy"] >= 0.9).all()
+    rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| logreg")]
+    assert len(rows) == 1 and "n/a" not in rows[0]
