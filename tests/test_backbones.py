@@ -273,3 +273,38 @@ def test_readme_backbone_table_is_the_registry():
         assert [int(c.replace(",", "")) for c in cells[2:5]] == [spec.default_size, spec.min_size, spec.feature_width]
         assert (cells[5] == "inside the network") == spec.preprocess_in_model
         assert cells[6] == ("—" if spec.gflops is None else f"{spec.gflops:g}¹")
+
+
+@pytest.mark.slow
+def test_concatenated_xception_and_inceptionv3_caches_train_logreg_end_to_end(folder_data, tmp_path):
+    """The Dog-Breed recipe in miniature: two backbones at their minimum sizes, one head on both caches."""
+    import json
+    import subprocess
+    import sys
+
+    from heads import train_head
+
+    kw = {"cache_dir": tmp_path / "cache", "weights": "none", "dtype": "float32", **QUIET}
+    xcp = extract_features(folder_data, backbone="xception", size=71, **kw).path
+    inc = extract_features(folder_data, backbone="inceptionv3", size=75, **kw).path
+    with FeatureCache(xcp) as a, FeatureCache(inc) as b:
+        order = {p: i for i, p in enumerate(b.column("path"))}
+        paths, labels, split = a.column("path"), a.column("label"), a.column("split")
+        joined = np.hstack([a.features(), b.features()[[order[p] for p in paths]]])
+    assert joined.shape == (len(paths), 2048 + 2048)
+
+    result = train_head("logreg", f"{xcp},{inc}", tmp_path / "run", plots=False, log=lambda m: None)
+    assert result.head.coef_.shape[1] == 4096
+    val = split == "val"
+    proba = result.head.predict_proba(joined[val])
+    expected = np.asarray(result.head.classes_)[proba.argmax(1)]
+    assert result.metrics["val_accuracy"] == pytest.approx(float(np.mean(expected == labels[val])))
+    assert result.metrics["n_train"] + result.metrics["n_val"] == len(paths)
+
+    # the make line: `make train-head FEATURES=<xception cache>,<inceptionv3 cache>` runs this CLI
+    run = tmp_path / "cli_run"
+    done = subprocess.run([sys.executable, "-m", "heads", "train", "--head", "logreg", "--features", f"{xcp},{inc}",
+                           "--run", str(run)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
