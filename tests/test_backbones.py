@@ -282,7 +282,7 @@ def test_concatenated_xception_and_inceptionv3_caches_train_logreg_end_to_end(fo
     import subprocess
     import sys
 
-    from heads import train_head
+    from heads import predict, train_head
 
     kw = {"cache_dir": tmp_path / "cache", "weights": "none", "dtype": "float32", **QUIET}
     xcp = extract_features(folder_data, backbone="xception", size=71, **kw).path
@@ -308,3 +308,9 @@ def test_concatenated_xception_and_inceptionv3_caches_train_logreg_end_to_end(fo
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
+
+    # predict rebuilds both backbones from the caches' configs: same answers as the head on the cached features
+    table = predict(result.run_dir, folder_data, log=lambda m: None)
+    got = {str(Path(p).relative_to(folder_data)): prob for p, prob in zip(table["path"], table["probability"])}
+    cached = result.head.predict_proba(joined).max(axis=1)
+    np.testing.assert_allclose([got[p] for p in paths], cached, rtol=1e-3, atol=1e-4)
