@@ -8,8 +8,10 @@ from .cli_util import none_or_str, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m extract", description="Cache bottleneck features of an image set in HDF5.")
-    p.add_argument("--data", required=True, help="image folder: one subfolder per class, or Kaggle-style with --labels")
+    p = argparse.ArgumentParser(prog="python -m extract",
+                                description="Cache bottleneck features of an image set in HDF5.")
+    p.add_argument("--data", required=True,
+                   help="image folder: one subfolder per class, or Kaggle-style with --labels")
     p.add_argument("--labels", type=none_or_str, help="CSV with an id and a label column")
     p.add_argument("--test", type=none_or_str, help="folder of unlabelled test images")
     p.add_argument("--id-col", type=none_or_str)
@@ -17,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=none_or_str, help="cache file (default: derived from data set name and config)")
     p.add_argument("--cache-dir", default="features_cache")
     p.add_argument("--backbone", default="xception")
-    p.add_argument("--size", type=int, default=None, help="input side in px (default: the backbone's, 299 for xception)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side in px (default: the backbone's, 299 for xception)")
     p.add_argument("--pooling", default="avg", choices=["avg", "max", "none"])
     p.add_argument("--weights", default="imagenet", help="imagenet | none | path to .h5")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
@@ -26,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-pixels", type=int, default=None)
-    p.add_argument("--augment", default="none", help="none | tutorial | epiuse | 'rotation=0.1,zoom=0.2,flip=horizontal'")
+    p.add_argument("--augment", default="none",
+                   help="none | tutorial | epiuse | 'rotation=0.1,zoom=0.2,flip=horizontal'")
     p.add_argument("--rounds", type=int, default=0, help="augmented views per training image (plus the clean one)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")

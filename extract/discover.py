@@ -260,4 +260,5 @@ def discover(
         _check_root(test, "TEST")
         items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST, file_stamp(str(test / rel)))
                   for rel in _walk_files(test)]
-    return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped, notes=notes)
+    return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped,
+                     notes=notes)

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import cache as cache_mod
-from .backbones import build_backbone, get_backbone, weights_identity
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
+from .backbones import build_backbone, get_backbone, weights_identity
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
 

@@ -12,7 +12,8 @@ from .cli_util import run_cli
 from .discover import TRAIN, discover
 
 
-def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4, out: str | Path = "augment_preview.png",
+def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4,
+                    out: str | Path = "augment_preview.png",
                     *, labels: str | Path | None = None, n_images: int = 6, size: int = 160, seed: int = 0,
                     val: float = 0.2) -> Path:
     """Draw ``n_images`` training images (rows) with the clean view and ``rounds`` augmented views (columns).
@@ -26,8 +27,9 @@ def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4
     train = [it for it in found.items if it.split == TRAIN]
     picks = [train[i] for i in np.linspace(0, len(train) - 1, min(n_images, len(train))).astype(int)]
     views = [(it, r) for it in picks for r in range(rounds + 1)]
+    seeds = np.stack([view_seed(seed, it.relpath, r) for it, r in views])
     ds = image_dataset([it.abspath for it, _ in views], size, batch_size=len(views), augment=spec,
-                       rounds=[r for _, r in views], seeds=np.stack([view_seed(seed, it.relpath, r) for it, r in views]))
+                       rounds=[r for _, r in views], seeds=seeds)
     _, images, _ = next(iter(ds))
     images = images.numpy().astype(np.uint8).reshape(len(picks), rounds + 1, size, size, 3)
 
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-images", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    run_cli(lambda: print(f"wrote {preview_augment(args.data, args.augment, args.rounds, args.out, labels=args.labels or None, n_images=args.n_images, seed=args.seed)}"))
+    run_cli(lambda: print("wrote " + str(preview_augment(
+        args.data, args.augment, args.rounds, args.out, labels=args.labels or None, n_images=args.n_images,
+        seed=args.seed))))
 
 
 if __name__ == "__main__":

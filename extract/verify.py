@@ -49,7 +49,8 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
 
             found = discover(data, labels=labels, test=test, val=config["val"], seed=config["seed"])
             current = found.fingerprint() == c.fingerprint
-            report["fingerprint"] = "matches DATA" if current else "DIFFERS from DATA (images added, removed or changed)"
+            report["fingerprint"] = ("matches DATA" if current
+                                     else "DIFFERS from DATA (images added, removed or changed)")
             if not current:
                 problems.append(f"stale: DATA={data} changed since extraction; rerun `make extract` to update")
         else:

@@ -7,8 +7,7 @@ import pytest
 from conftest import SIZE, write_class_folders
 from PIL import Image
 
-from extract import FeatureCache, extract_features
-from extract import pipeline
+from extract import FeatureCache, extract_features, pipeline
 from extract.augment import PRESETS, parse_augment, view_seed
 from extract.discover import discover
 

@@ -138,7 +138,8 @@ def test_cli_class_folders_with_test_split(tmp_path):
 def test_cli_errors_are_one_clear_line(tmp_path):
     out = _run([sys.executable, "-m", "extract", "--data", str(tmp_path / "nowhere"), "--weights", "none"])
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == f"error: DATA={tmp_path / 'nowhere'} does not exist. Point DATA= at your image folder."
+    expected = f"error: DATA={tmp_path / 'nowhere'} does not exist. Point DATA= at your image folder."
+    assert out.stderr.strip().splitlines()[-1] == expected
     out = _run([sys.executable, "-m", "heads", "train", "--cache-dir", str(tmp_path)])
     assert out.returncode == 2 and "no complete feature cache" in out.stderr
 

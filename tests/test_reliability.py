@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from conftest import SIZE, draw, write_class_folders
 
-from extract import CacheError, FeatureCache, extract_features
+from extract import CacheError, FeatureCache, extract_features, pipeline
 from extract import cache as cache_mod
-from extract import pipeline
 
 QUIET = {"progress": False, "log": lambda m: None}
 KW = dict(size=SIZE, weights="none", dtype="float32", **QUIET)
