@@ -12,8 +12,15 @@ import pandas as pd
 from extract.cache import DEFAULT_DIR
 
 from .registry import head_class, list_heads
-from .train import (RANDOM_WEIGHTS_NOTE, AccuracyBelowThreshold, FeatureSource, accuracy_failures, check_threshold,
-                    feature_paths, train_head)
+from .train import (
+    RANDOM_WEIGHTS_NOTE,
+    AccuracyBelowThreshold,
+    FeatureSource,
+    accuracy_failures,
+    check_threshold,
+    feature_paths,
+    train_head,
+)
 
 COLUMNS = ("head", "val_accuracy", "val_top5_accuracy", "val_log_loss", "test_accuracy", "train_accuracy",
            "fit_seconds", "predict_ms_per_image")

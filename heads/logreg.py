@@ -49,7 +49,9 @@ class LogisticRegressionHead(Head):
                 proba = model.predict_proba(scaler.transform(X[held_out]))
                 losses[k] += log_loss(y[held_out], proba, labels=model.classes_) / folds.get_n_splits()
         best = float(C_GRID[int(np.argmin(losses))])
-        self.selected_params_ = {"C": best, "cv_log_loss": {f"{c:g}": round(float(v), 6) for c, v in zip(C_GRID, losses)}}
+        self.selected_params_ = {
+            "C": best, "cv_log_loss": {f"{c:g}": round(float(v), 6) for c, v in zip(C_GRID, losses)},
+        }
         return best
 
     def fit(self, X, y, validation_data=None):

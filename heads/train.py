@@ -113,7 +113,8 @@ class FeatureSource:
         what = f"FEATURES={','.join(str(p) for p in self.paths)}: {a} and {b} are not caches of the same images"
         if other.class_names != self.class_names:
             raise CacheError(f"{what}: their class names differ ({len(self.class_names)} in {a}, "
-                             f"{len(other.class_names)} in {b}; e.g. {self.class_names[:3]} vs {other.class_names[:3]})")
+                             f"{len(other.class_names)} in {b}; "
+                             f"e.g. {self.class_names[:3]} vs {other.class_names[:3]})")
         o_path, o_round = other.column("path"), other.column("round")
         keys = list(zip(self.path_column, self.round.tolist()))
         position = {k: i for i, k in enumerate(zip(o_path, o_round.tolist()))}
@@ -195,7 +196,8 @@ class FeatureSource:
 
 def _check_finite(X: np.ndarray, where: str, features: str) -> None:
     if X.size and not np.isfinite(X).all():
-        raise CacheError(f"{features} has NaN or inf in its {where} features; re-extract it (`make verify` shows where)")
+        raise CacheError(f"{features} has NaN or inf in its {where} features; "
+                         f"re-extract it (`make verify` shows where)")
 
 
 def read_splits(source: FeatureSource, train_rounds: str = "all", *, load_train: bool = True) -> CacheData:
@@ -422,7 +424,7 @@ def _pct(v: float | None) -> str:
 def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     lines = [
         f"{metrics['head']}: val accuracy {_pct(metrics['val_accuracy'])}, top-5 {_pct(metrics['val_top5_accuracy'])}, "
-        f"log loss {metrics['val_log_loss'] if metrics['val_log_loss'] is None else round(metrics['val_log_loss'], 4)}, "
+        f"log loss {'n/a' if metrics['val_log_loss'] is None else round(metrics['val_log_loss'], 4)}, "
         f"train accuracy {_pct(metrics['train_accuracy'])}"
         + (f", test accuracy {_pct(metrics['test_accuracy'])}" if metrics["test_accuracy"] is not None else ""),
         f"fit in {metrics['fit_seconds']:.2f} s on {metrics['n_train']:,} rows"
