@@ -109,6 +109,7 @@ class HDF5Writer:
         dataset_name: str = "",
         data_root: str = "",
         versions: dict[str, str] | None = None,
+        images_per_second: float | None = None,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,8 @@ class HDF5Writer:
         f.attrs["dataset_fingerprint"] = fingerprint
         f.attrs["dataset_name"] = dataset_name
         f.attrs["data_root"] = data_root
+        if images_per_second is not None:
+            f.attrs["images_per_second"] = float(images_per_second)
         f.attrs["versions"] = json.dumps(versions or {})
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         rows = min(CHUNK_ROWS, max(1, (4 << 20) // (int(np.prod(feature_shape)) * np.dtype(dtype).itemsize)))

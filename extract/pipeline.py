@@ -59,9 +59,9 @@ def make_config(
 ) -> dict[str, Any]:
     """Validate settings and return the cache config (everything that changes the features)."""
     spec = get_backbone(backbone)
-    if weights == "auto":
-        weights = auto_weights(spec)
     size = spec.default_size if size is None else int(size)
+    if weights == "auto":
+        weights = auto_weights(spec, size)
     if size < spec.min_size:
         raise ValueError(f"SIZE={size} is too small for {spec.name}: the minimum is {spec.min_size}")
     if pooling not in POOLINGS:
@@ -98,12 +98,12 @@ def augment_spec(config: dict[str, Any]) -> AugmentSpec:
     return AugmentSpec(aug["preset"], tuple(sorted(aug["params"].items())))
 
 
-def auto_weights(spec, log: Callable[[str], None] = _log) -> str:
+def auto_weights(spec, size: int | None = None, log: Callable[[str], None] = _log) -> str:
     """``imagenet`` when the weights can be had, else ``none`` with a loud warning (for the demo)."""
     from .backbones import WeightsUnavailableError  # noqa: PLC0415
 
     try:
-        weights_identity(spec, "imagenet")
+        weights_identity(spec, "imagenet", size)
         return "imagenet"
     except WeightsUnavailableError as err:
         bar = "!" * 78
@@ -330,14 +330,17 @@ def extract_features(
         model = load_backbone(config) if plan.views else None
         feature_shape = tuple(int(d) for d in model.output_shape[1:]) if model else _old_feature_shape(plan.old)
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
+        compute_start = time.perf_counter()
         skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
                                       max_pixels=max_pixels, progress=progress)
+        # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
+        throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
         rows = cache_mod.assemble(
             path, current={it.relpath: cache_mod.RowInfo(it.label, it.split, it.stamp) for it in found.items},
             wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
             old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
             feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root,
-            versions=_versions(),
+            versions=_versions(), images_per_second=throughput,
         )
         seconds = time.perf_counter() - start
     with cache_mod.FeatureCache(path) as c:

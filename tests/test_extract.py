@@ -227,3 +227,8 @@ def test_bad_settings_are_named(folder_data, tmp_path):
         extract_features(folder_data, out=tmp_path / "a.h5", size=SIZE, weights="none", pooling="sum", **QUIET)
     with pytest.raises(ValueError, match="unknown BACKBONE='alexnet'; choose one of: .*xception"):
         extract_features(folder_data, out=tmp_path / "a.h5", backbone="alexnet", weights="none", **QUIET)
+
+
+def test_throughput_is_recorded(folder_cache):
+    with FeatureCache(folder_cache) as c:
+        assert c.attrs["images_per_second"] > 0
