@@ -67,6 +67,7 @@ preview-augment: $(STAMP) ## PNG grid of training images beside their views: DAT
 
 train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd [FEATURES=a.h5[,b.h5]] [HEAD_ARGS='C=0.5'] [ASSERT_ACCURACY=0.85]
 	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \
+	  $(call opt,DATA,--data-root) \
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--c", type=none_or_str, default=None, help="logreg: inverse regularization strength, or auto")
     t.add_argument("--train-rounds", default="all", choices=["all", "clean"])
     t.add_argument("--cache-dir", default="features_cache")
+    t.add_argument("--data-root", type=none_or_str,
+                   help="image folder for report.html thumbnails (default: the one the cache records)")
     t.add_argument("--assert-accuracy", type=float, default=None,
                    help=f"exit with code {EXIT_ACCURACY} when val accuracy is below this fraction, e.g. 0.85")
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.c is not None:
                 head_args.setdefault("C", parse_head_args(f"C={args.c}")["C"])
             train_head(args.head, args.features, args.run, head_args=head_args,
-                       train_rounds=args.train_rounds, cache_dir=args.cache_dir,
+                       train_rounds=args.train_rounds, cache_dir=args.cache_dir, data_root=args.data_root,
                        assert_accuracy=args.assert_accuracy)
         elif args.command == "compare":
             from .compare import compare_heads  # noqa: PLC0415

@@ -1,8 +1,19 @@
-"""Pictures of a run: confusion matrix and training curves (matplotlib, Agg backend)."""
+"""Pictures and the HTML report of a run (matplotlib, Agg backend).
+
+``plot_confusion`` and ``plot_history`` write PNGs; ``write_report`` writes ``report.html``, one
+self-contained page (metrics, per-class table, confusion matrix, most-confused pairs, a gallery
+of misclassified validation images read from the image folder while it exists, training curves).
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as _dt
+import html
+import io
+import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,7 +27,8 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], out: Path, title: str = "") -> Path:
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], out: Path | io.BytesIO,
+                   title: str = "") -> Path | io.BytesIO:
     """Row-normalised confusion matrix; cell counts are printed when there are at most 20 classes."""
     from sklearn.metrics import confusion_matrix  # noqa: PLC0415
 
@@ -39,12 +51,12 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return out
 
 
-def plot_history(history: dict[str, list[float]], out: Path, title: str = "") -> Path:
+def plot_history(history: dict[str, list[float]], out: Path | io.BytesIO, title: str = "") -> Path | io.BytesIO:
     """Loss and accuracy per epoch, training and validation side by side."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -58,6 +70,222 @@ def plot_history(history: dict[str, list[float]], out: Path, title: str = "") ->
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return out
+
+
+# -- report.html -----------------------------------------------------------------------------
+GALLERY_LIMIT = 48
+THUMB_PX = 128
+TOP_PAIRS = 10
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+ padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.note{background:#fde2e1;border:2px solid #c0392b;color:#7b1d14;padding:.8em 1em;font-size:1.1em;font-weight:bold}
+.muted{color:#666}.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:150px;font-size:.8em;border:1px solid #ddd;padding:4px;overflow-wrap:anywhere}
+.card img{max-width:140px;max-height:140px;display:block;margin:auto}
+.missing{width:140px;height:60px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
+.wrong{color:#c0392b}img.plot{max-width:100%}
+"""
+
+
+def find_data_root(data_root: str | os.PathLike | None, features: Any) -> Path | None:
+    """The image folder cached paths are relative to: ``data_root`` if given, else the cache's
+    ``data_root`` attribute (first cache of ``features``: a path, ``'a.h5,b.h5'`` or a list), else None."""
+    if data_root:
+        return Path(data_root).expanduser().resolve()
+    from extract.cache import CacheError, FeatureCache  # noqa: PLC0415
+
+    first = features.split(",")[0] if isinstance(features, str) else (
+        features if isinstance(features, os.PathLike) else list(features)[0])
+    try:
+        with FeatureCache(str(first).strip()) as c:
+            root = c.attrs.get("data_root") or ""
+    except (CacheError, OSError):
+        return None
+    return Path(root) if root else None
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_png(draw: Callable[[io.BytesIO], Any]) -> bytes:
+    buf = io.BytesIO()
+    draw(buf)
+    return buf.getvalue()
+
+
+def _thumbnail(path: Path) -> bytes | None:
+    from extract.decode import DecodeError, load_rgb  # noqa: PLC0415
+
+    try:
+        img = load_rgb(str(path))
+    except (DecodeError, OSError):
+        return None
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], top: int = TOP_PAIRS):
+    """The ``top`` largest off-diagonal confusion counts as a DataFrame: true, predicted, count, share of true."""
+    import pandas as pd  # noqa: PLC0415
+    from sklearn.metrics import confusion_matrix  # noqa: PLC0415
+
+    n = len(class_names)
+    cm = confusion_matrix(y_true, y_pred, labels=np.arange(n)) if len(y_true) else np.zeros((n, n), int)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat_order = np.argsort(-off, axis=None, kind="stable")[:top]
+    rows = []
+    for k in flat_order:
+        i, j = divmod(int(k), n)
+        if off[i, j] == 0:
+            break
+        rows.append({"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j]),
+                     "share of true class": f"{off[i, j] / cm[i].sum():.1%}"})
+    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share of true class"])
+
+
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]):
+    """scikit-learn's classification_report as a DataFrame: precision, recall, f1-score, support per class."""
+    import pandas as pd  # noqa: PLC0415
+    from sklearn.metrics import classification_report  # noqa: PLC0415
+
+    report = classification_report(y_true, y_pred, labels=np.arange(len(class_names)), target_names=class_names,
+                                   output_dict=True, zero_division=0)
+    accuracy = report.pop("accuracy", None)
+    table = pd.DataFrame(report).T
+    if accuracy is not None:  # sklearn's text report puts it between the classes and the averages
+        table.loc["accuracy"] = [np.nan, np.nan, accuracy, len(y_true)]
+        order = [*class_names, "accuracy", *[k for k in table.index if k.endswith(" avg")]]
+        table = table.loc[order]
+    table["support"] = table["support"].astype(int)
+    return table
+
+
+def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    def fmt(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        if isinstance(v, dict):
+            return ", ".join(f"{k}={w}" for k, w in v.items())
+        return str(v)
+    keys = ("val_accuracy", "val_top5_accuracy", "val_log_loss", "train_accuracy", "test_accuracy", "n_train",
+            "n_val", "n_test_labelled", "fit_seconds", "predict_ms_per_image", "epochs_run", "head_args",
+            "selected_params", "train_rounds", "weights", "features")
+    return [(k, fmt(metrics[k])) for k in keys if k in metrics]
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    metrics: dict[str, Any],
+    class_names: list[str],
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    paths: np.ndarray,
+    *,
+    data_root: str | os.PathLike | None = None,
+    history: dict[str, list[float]] | None = None,
+    cache_config: dict[str, Any] | None = None,
+    gallery_limit: int = GALLERY_LIMIT,
+) -> Path:
+    """Write ``run_dir/report.html``: one self-contained page (pictures are base64 PNG data URIs).
+
+    Parameters
+    ----------
+    metrics : the run's metrics.json content.
+    y_true : array of shape (n_val,), class indices; proba : array of shape (n_val, n_classes).
+    paths : array of shape (n_val,), image paths relative to ``data_root`` (as the cache stores them).
+    data_root : the image folder; when it (or an image) is gone, the gallery says so instead.
+    history : per-epoch ``loss``/``accuracy``/``val_*`` lists (dense, sgd) for training curves.
+
+    Reuses ``confusion_matrix.png`` / ``training_curves.png`` of ``run_dir`` when present.
+    """
+    run_dir = Path(run_dir)
+    y_true = np.asarray(y_true, int)
+    y_pred = np.asarray(proba).argmax(1) if len(y_true) else np.zeros(0, int)
+    head = metrics.get("head", "head")
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(head)} report</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Run report: <code>{e(head)}</code></h1>",
+             f"<p class='muted'>{e(str(run_dir))} · features {e(str(metrics.get('features', '')))} · "
+             f"written {_dt.datetime.now().isoformat(timespec='seconds')}</p>"]
+    if metrics.get("note"):
+        parts.append(f"<div class='note'>NOTE: {e(metrics['note'])}. These features come from a randomly "
+                     f"initialised backbone; re-extract with WEIGHTS=imagenet for real results.</div>")
+
+    parts.append("<h2>Metrics</h2><table>" + "".join(
+        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _metrics_rows(metrics)) + "</table>")
+    if cache_config:
+        w = cache_config.get("weights", {})
+        parts.append(f"<p class='muted'>cache: backbone {e(cache_config['backbone']['name'])}, size "
+                     f"{cache_config['size']}, pooling {e(cache_config['pooling'])}, weights {e(w.get('kind', ''))}, "
+                     f"dtype {e(cache_config['dtype'])}</p>")
+
+    if not len(y_true):
+        parts.append("<h2>Validation</h2><p>No validation rows: extract with VAL&gt;0 for per-class "
+                     "metrics, the confusion matrix and misclassified images.</p>")
+    else:
+        parts.append("<h2>Per-class precision, recall and F1 (validation)</h2>")
+        three = lambda v: "" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
+        parts.append(per_class_table(y_true, y_pred, class_names).to_html(
+            formatters={"precision": three, "recall": three, "f1-score": three}, classes="per-class", border=0))
+
+        cm_file = run_dir / "confusion_matrix.png"
+        png = cm_file.read_bytes() if cm_file.is_file() else _figure_png(
+            lambda buf: plot_confusion(y_true, y_pred, class_names, buf, title=f"{head}: validation confusion matrix"))
+        parts.append(f"<h2>Confusion matrix (validation)</h2><img class='plot' alt='confusion matrix' "
+                     f"src='{_data_uri(png)}'>")
+
+        pairs = confused_pairs(y_true, y_pred, class_names)
+        parts.append(f"<h2>Most confused class pairs (top {TOP_PAIRS})</h2>")
+        parts.append(pairs.to_html(index=False, border=0) if len(pairs)
+                     else "<p>No validation image is misclassified.</p>")
+        parts.append(_gallery(y_true, y_pred, np.asarray(proba), np.asarray(paths), class_names,
+                              Path(data_root) if data_root else None, gallery_limit))
+
+    if history:
+        curves = run_dir / "training_curves.png"
+        png = curves.read_bytes() if curves.is_file() else _figure_png(
+            lambda buf: plot_history(history, buf, title=f"{head} training curves"))
+        parts.append(f"<h2>Training curves</h2><img class='plot' alt='training curves' src='{_data_uri(png)}'>")
+    parts.append("</body></html>\n")
+    out = run_dir / "report.html"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def _gallery(y_true, y_pred, proba, paths, class_names, root: Path | None, limit: int) -> str:
+    e = html.escape
+    wrong = np.flatnonzero(y_true != y_pred)
+    wrong = wrong[np.argsort(-proba[wrong, y_pred[wrong]], kind="stable")]  # most confident mistakes first
+    head = f"<h2>Misclassified validation images ({len(wrong)}"
+    head += f", the {limit} most confident shown)</h2>" if len(wrong) > limit else ")</h2>"
+    if not len(wrong):
+        return head + "<p>None.</p>"
+    available = root is not None and root.is_dir()
+    notice = "" if available else (
+        f"<p class='note'>Images not available: the image folder {e(str(root)) if root else '(unknown)'} "
+        f"no longer exists. Labels are listed without thumbnails; pass DATA= to train-head to show them.</p>")
+    cards = []
+    for i in wrong[:limit]:
+        thumb = _thumbnail(root / paths[i]) if available else None
+        pic = (f"<img alt='{e(str(paths[i]))}' src='{_data_uri(thumb)}'>" if thumb
+               else "<div class='missing'>image not available</div>")
+        cards.append(f"<div class='card'>{pic}<div>{e(str(paths[i]))}</div>"
+                     f"<div>true: <b>{e(class_names[y_true[i]])}</b> (p={proba[i, y_true[i]]:.2f})</div>"
+                     f"<div class='wrong'>predicted: <b>{e(class_names[y_pred[i]])}</b> "
+                     f"(p={proba[i, y_pred[i]]:.2f})</div></div>")
+    return head + notice + "<div class='gallery'>" + "".join(cards) + "</div>"

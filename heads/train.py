@@ -21,6 +21,7 @@ from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, newest_complete
 
 from .base import BlockSource, Head, index_blocks
 from .registry import create_head, head_params
+from .report import find_data_root
 
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
 TRAIN_ROUNDS = ("all", "clean")
@@ -314,6 +315,7 @@ def train_head(
     head_args: dict[str, Any] | None = None,
     train_rounds: str = "all",
     cache_dir: str | os.PathLike = DEFAULT_DIR,
+    data_root: str | os.PathLike | None = None,
     assert_accuracy: float | None = None,
     plots: bool = True,
     log: Callable[[str], None] = _log,
@@ -325,6 +327,10 @@ def train_head(
     ``metrics.json``, ``run.json`` (what ``predict`` needs), a confusion-matrix PNG and, for heads
     with a training history (dense, sgd), training curves. A streaming head (``sgd``) reads
     its training rows from the file in blocks of its ``block_rows``.
+
+    With ``plots`` the run also gets ``report.html`` (:func:`heads.report.write_report`), whose
+    gallery shows misclassified validation images from ``data_root`` (default: the image folder
+    the cache records); ``run.json`` keeps that folder as ``data_root``.
 
     With ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` (after writing the run)
     when val accuracy is lower.
@@ -390,6 +396,8 @@ def train_head(
     if getattr(model, "n_epochs_", None):
         metrics["epochs_run"] = model.n_epochs_
 
+    # report.html shows thumbnails from the image folder: DATA= if given, else the one the cache records
+    root = find_data_root(data_root, data.path)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "head")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -398,16 +406,18 @@ def train_head(
     (run_dir / "run.json").write_text(json.dumps({
         "head": head, "features": str(paths[0].resolve()), "class_names": data.class_names,
         "cache_config": data.config, "feature_files": [str(p.resolve()) for p in paths],
-        "cache_configs": data.configs,
+        "cache_configs": data.configs, "data_root": str(root) if root else None,
     }, indent=2))
     if plots:
-        from .report import plot_confusion, plot_history  # noqa: PLC0415
+        from .report import plot_confusion, plot_history, write_report  # noqa: PLC0415
 
         if len(data.val):
             plot_confusion(data.val.y, val_proba.argmax(1), data.class_names, run_dir / "confusion_matrix.png",
                            title=f"{head}: validation confusion matrix")
         if getattr(model, "history_", None):
             plot_history(model.history_, run_dir / "training_curves.png", title=f"{head} training curves")
+        write_report(run_dir, metrics, data.class_names, data.val.y, val_proba, data.val.paths, data_root=root,
+                     history=getattr(model, "history_", None), cache_config=data.config)
     log(format_summary(metrics, run_dir))
     if assert_accuracy is not None:
         failures = accuracy_failures([metrics], assert_accuracy)

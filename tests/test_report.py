@@ -1,0 +1,158 @@
+"""report.html: self-contained, per-class table, confused pairs, gallery with and without the image folder."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from conftest import CLASSES
+from PIL import Image
+
+from extract import FeatureCache
+from heads import train_head
+from heads.report import GALLERY_LIMIT, THUMB_PX, confused_pairs, per_class_table, write_report
+from heads.train import RANDOM_WEIGHTS_NOTE
+
+QUIET = {"log": lambda m: None}
+
+
+def _srcs(page: str) -> list[str]:
+    return re.findall(r"""src=['"]([^'"]*)""", page)
+
+
+def assert_self_contained(page: str) -> None:
+    assert 'src="http' not in page and "src='http" not in page and "file:" not in page
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    assert _srcs(page), "the report should embed pictures"
+    for src in _srcs(page):
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()  # a real PNG
+
+
+def _cards(page: str) -> list[str]:
+    return re.findall(r"<div class='card'>(.*?)</div></div>", page)
+
+
+def test_train_head_writes_a_self_contained_report(folder_cache, folder_data, tmp_path):
+    train_head("logreg", folder_cache, tmp_path / "run", **QUIET)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert_self_contained(page)
+    assert f"NOTE: {RANDOM_WEIGHTS_NOTE}" in page and "class='note'" in page
+    assert page.index("class='note'") < page.index("<h2>Metrics")  # prominent: before anything else
+    table = page[page.index('class="dataframe per-class"'):]
+    table = table[:table.index("</table>")]
+    for header in ("precision", "recall", "f1-score", "support"):
+        assert f"<th>{header}</th>" in table
+    for name in (*CLASSES, "macro avg", "weighted avg"):
+        assert f"<th>{name}</th>" in table
+    assert "Confusion matrix" in page and "Most confused class pairs" in page
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data_root"] == str(folder_data.resolve())  # read from the cache's data_root attribute
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    n_wrong = round(metrics["n_val"] * (1 - metrics["val_accuracy"]))
+    assert len(_cards(page)) == n_wrong
+    assert page.count("<img alt=") == n_wrong  # every one with its thumbnail: the images exist
+    assert "Training curves" not in page
+
+
+def test_dense_report_has_training_curves(folder_cache, tmp_path):
+    train_head("dense", folder_cache, tmp_path / "run", head_args={"epochs": 2}, **QUIET)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert_self_contained(page)
+    assert "<h2>Training curves</h2><img class='plot'" in page
+
+
+def test_report_renders_after_the_image_folder_is_moved_away(folder_cache, folder_data, tmp_path):
+    data = shutil.copytree(folder_data, tmp_path / "shapes")
+    train_head("logreg", folder_cache, tmp_path / "run", data_root=data, **QUIET)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_root"] == str(data.resolve())
+    shutil.move(data, tmp_path / "moved_away")
+    train_head("logreg", folder_cache, tmp_path / "run", data_root=data, **QUIET)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert_self_contained(page)
+    assert 'class="dataframe per-class"' in page and RANDOM_WEIGHTS_NOTE in page
+    cards = _cards(page)
+    if cards:  # random weights: whether val images are misclassified depends on the net
+        assert "Images not available" in page
+        assert all("image not available" in c and "<img" not in c for c in cards)
+
+
+def _val_rows(cache):
+    with FeatureCache(cache) as c:
+        idx = c.rows("val")
+        return c.column("path")[idx], c.column("label")[idx]
+
+
+def test_gallery_shows_the_misclassified_images_most_confident_first(folder_cache, folder_data, tmp_path):
+    paths, y = _val_rows(folder_cache)
+    n = len(CLASSES)
+    proba = np.eye(n)[y] * 0.9 + 0.1 / n  # right
+    wrong = [0, len(y) - 1]
+    for rank, i in enumerate(wrong):  # the last one is the most confident mistake
+        proba[i] = np.full(n, 0.05)
+        proba[i, (y[i] + 1) % n] = 0.6 + 0.2 * rank
+    proba /= proba.sum(1, keepdims=True)
+    metrics = {"head": "logreg", "note": "", "val_accuracy": 0.5}
+    out = write_report(tmp_path, metrics, list(CLASSES), y, proba, paths, data_root=folder_data)
+    page = out.read_text()
+    assert_self_contained(page)
+    assert "class='note'" not in page  # no random-weights note when the cache had real weights
+    cards = _cards(page)
+    assert [re.search(r"<div>(.*?)</div>", c).group(1) for c in cards] == [paths[wrong[1]], paths[wrong[0]]]
+    for c, i in zip(cards, [wrong[1], wrong[0]]):
+        assert f"true: <b>{CLASSES[y[i]]}</b>" in c and f"predicted: <b>{CLASSES[(y[i] + 1) % n]}</b>" in c
+        thumb = Image.open(io.BytesIO(base64.b64decode(_srcs(c)[0].split(",", 1)[1])))
+        assert max(thumb.size) <= THUMB_PX and thumb.size[0] > thumb.size[1]  # 64x48 pictures keep their aspect
+
+
+def test_gallery_says_images_are_unavailable_when_the_folder_is_gone(folder_cache, tmp_path):
+    paths, y = _val_rows(folder_cache)
+    proba = np.eye(len(CLASSES))[(y + 1) % len(CLASSES)]  # all wrong
+    for root in (tmp_path / "gone", None):
+        page = write_report(tmp_path, {"head": "x"}, list(CLASSES), y, proba, paths, data_root=root).read_text()
+        assert_self_contained(page)
+        assert "Images not available" in page
+        cards = _cards(page)
+        assert len(cards) == len(y) and all("image not available" in c and "<img" not in c for c in cards)
+
+
+def test_gallery_is_capped(folder_data, tmp_path):
+    files = sorted(p.relative_to(folder_data).as_posix() for p in folder_data.rglob("*.png"))
+    y = np.zeros(len(files), int)
+    proba = np.tile([0.1, 0.8, 0.1], (len(files), 1))  # all wrong
+    page = write_report(tmp_path, {"head": "x"}, list(CLASSES), y, proba, np.array(files), data_root=folder_data,
+                        gallery_limit=5).read_text()
+    assert len(_cards(page)) == 5 and f"({len(files)}, the 5 most confident shown)" in page
+    assert GALLERY_LIMIT >= 24
+
+
+def test_confused_pairs_are_the_largest_off_diagonal_counts():
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(12)]
+    y_true, y_pred = rng.integers(0, 12, 400), rng.integers(0, 12, 400)
+    pairs = confused_pairs(y_true, y_pred, names)
+    counts = np.zeros((12, 12), int)
+    np.add.at(counts, (y_true, y_pred), 1)
+    np.fill_diagonal(counts, 0)
+    assert len(pairs) == 10
+    assert list(pairs["count"]) == sorted(counts.ravel(), reverse=True)[:10]
+    for _, row in pairs.iterrows():
+        assert row["true"] != row["predicted"]
+        assert counts[names.index(row["true"]), names.index(row["predicted"])] == row["count"]
+    assert len(confused_pairs(np.array([0, 1]), np.array([0, 1]), ["a", "b"])) == 0
+
+
+def test_per_class_table_matches_a_direct_count():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 2])
+    table = per_class_table(y_true, y_pred, ["a", "b", "c"])
+    assert table.loc["b", "precision"] == pytest.approx(2 / 3)  # predicted b three times, right twice
+    assert table.loc["b", "recall"] == pytest.approx(2 / 3)
+    assert table.loc["c", "precision"] == pytest.approx(1 / 2) and table.loc["c", "recall"] == 1
+    assert list(table["support"][:3]) == [2, 3, 1]
+    assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6)
