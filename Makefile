@@ -32,7 +32,7 @@ BATCH ?= 32
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
-.PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict demo verify test lint clean
+.PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict export demo verify test lint clean
 
 help: ## show this help
 	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
@@ -85,6 +85,10 @@ compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA
 predict: $(STAMP) ## classify images: RUN=<run dir> IMAGES=<file or dir> [OUT=<csv>] [SUBMISSION=1]
 	@test -n "$(RUN)" -a -n "$(IMAGES)" || { echo "error: set RUN=<run dir> and IMAGES=<file or folder>"; exit 2; }
 	$(PY) -m heads predict --run "$(RUN)" --images "$(IMAGES)" $(call opt,OUT,--out) $(call flag,SUBMISSION,--submission)
+
+export: $(STAMP) ## one servable model (image in, probabilities out): RUN=<run dir> [OUT=<dir>] [FORMATS=keras,saved_model,tflite]
+	@test -n "$(RUN)" || { echo "error: set RUN=<run dir>, e.g. make export RUN=runs/<cache>/logreg"; exit 2; }
+	$(PY) -m heads export --run "$(RUN)" $(call opt,OUT,--out) $(call opt,FORMATS,--formats)
 
 DEMO_DIR := demo_data/charts
 demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, train and compare logreg and dense

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=none_or_str, help="folder for compare_backbones.md/.png and the runs")
     b.add_argument("--no-progress", action="store_true")
 
+    ex = sub.add_parser("export", help="write a run as one Keras model (+ SavedModel, TFLite) that takes images")
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--out", type=none_or_str, help="output folder (default: <run>/export)")
+    ex.add_argument("--formats", default="keras,saved_model,tflite", help="comma-separated subset")
 
     pr = sub.add_parser("predict", help="classify images with a trained run")
     pr.add_argument("--run", required=True)
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
                 weights=args.weights, dtype=args.dtype, val=args.val, seed=args.seed, batch_size=args.batch,
                 progress=not args.no_progress,
             )
+        elif args.command == "export":
+            from .export import export_run  # noqa: PLC0415  (imports TensorFlow)
+
+            export_run(args.run, args.out, formats=[f.strip() for f in args.formats.split(",") if f.strip()])
         elif args.command == "predict":
             table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch)
             with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))

@@ -1,0 +1,178 @@
+"""make export: the exported model (backbone + head as Keras layers) equals the head on cached features."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import CLASSES, SIZE
+
+from extract import FeatureCache
+from extract.decode import load_array
+from heads import create_head, train_head
+from heads.export import _EXPORTERS, decode_images, export_run, exportable_heads, linear_head
+
+QUIET = {"log": lambda m: None}
+HEAD_ARGS = {"dense": {"epochs": 2}}
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def cached_images(folder_cache, folder_data):
+    """Every cached row: (Pillow-decoded uint8 images as extraction saw them, cached features, paths)."""
+    with FeatureCache(folder_cache) as c:
+        paths, X = c.column("path"), c.features()
+    images = np.stack([load_array(str(folder_data / p), SIZE) for p in paths])
+    return images, X, paths
+
+
+def test_every_head_is_exportable():
+    from heads import list_heads
+
+    assert exportable_heads() == list_heads()
+
+
+def _features_model(head, d: int) -> keras.Model:
+    inp = keras.Input((d,))
+    return keras.Model(inp, _EXPORTERS[head.name](head)(inp))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("name", exportable_heads())
+def test_head_layers_match_the_head_on_features(name, n_classes):
+    """The Keras form of each head, on features alone (no backbone), for binary and multiclass."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(n_classes), 10)
+    X = (rng.normal(size=(len(y), 16)) + y[:, None] * 0.7).astype(np.float32)
+    args = {"knn": {"weights": "distance"}, "dense": {"epochs": 2}}.get(name, {})
+    head = create_head(name, **args).fit(X, y, validation_data=(X, y))
+    query = (X + rng.normal(scale=0.3, size=X.shape)).astype(np.float32)
+    got = np.asarray(_features_model(head, 16)(query))
+    np.testing.assert_allclose(got, head.predict_proba(query), atol=TOL)
+    assert got.shape == (len(query), n_classes)
+
+
+@pytest.mark.parametrize("output", ["softmax", "softmax-pm", "ovr-sigmoid"])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_linear_head_outputs(output, rows):
+    """linear_head against the formulas written out in numpy."""
+    from scipy.special import expit, softmax
+
+    rng = np.random.default_rng(0)
+    mean, scale = rng.normal(size=6), rng.uniform(0.5, 2, 6)
+    coef, intercept = rng.normal(size=(rows, 6)), rng.normal(size=rows)
+    X = rng.normal(size=(9, 6)).astype(np.float32)
+    z = ((X - mean) / scale) @ coef.T + intercept
+    if output == "ovr-sigmoid" and rows > 1:
+        expected = expit(z) / expit(z).sum(1, keepdims=True)
+    elif rows == 1:
+        p = expit(2 * z[:, 0] if output == "softmax-pm" else z[:, 0])
+        expected = np.column_stack([1 - p, p])
+    else:
+        expected = softmax(z, axis=1)
+    model = linear_head(mean, scale, coef, intercept, output)
+    np.testing.assert_allclose(np.asarray(model(X)), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", exportable_heads())
+def test_exported_model_equals_the_head_on_cached_features(name, folder_cache, cached_images, tmp_path):
+    images, X, _ = cached_images
+    result = train_head(name, folder_cache, tmp_path / "run", head_args=HEAD_ARGS.get(name), plots=False, **QUIET)
+    exported = export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), check=False, **QUIET)
+    expected = result.head.predict_proba(X)
+    got = np.asarray(exported.model(images, training=False))
+    np.testing.assert_allclose(got, expected, atol=TOL)
+
+    reloaded = keras.saving.load_model(tmp_path / "out" / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(reloaded(images, training=False)), got, atol=1e-6)
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text())
+    assert labels == [CLASSES[c] for c in result.head.classes_]
+
+
+@pytest.mark.slow
+def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, cached_images, tmp_path):
+    images, X, paths = cached_images
+    result = train_head("logreg", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    logs = []
+    exported = export_run(tmp_path / "run", tmp_path / "out", log=logs.append)
+    out = tmp_path / "out"
+    expected = result.head.predict_proba(X)
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["labels"] == list(CLASSES) and "not meaningful" in manifest["note"]
+    checks = manifest["checks"]  # the export's own check on cached images that still exist
+    assert checks["images"] == 8 and checks["keras_vs_head_max_abs_diff"] < TOL
+    assert checks["tf_decode_vs_pillow_max_pixel_diff"] <= 1
+
+    stored = tf.train.load_checkpoint(str(out / "saved_model" / "variables" / "variables"))
+    n_stored = sum(int(np.prod(shape)) for name, shape in stored.get_variable_to_shape_map().items()
+                   if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert n_stored == exported.model.count_params()  # each weight once (keras-team/keras#23553)
+
+    served = tf.saved_model.load(str(out / "saved_model"))
+    assert {"serving_default", "serve_images"} <= set(served.signatures)
+    by_images = served.signatures["serve_images"](image=tf.constant(images))
+    np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=TOL)
+
+    encoded = [(folder_data / p).read_bytes() for p in paths]
+    by_bytes = served.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    probs = by_bytes["probabilities"].numpy()
+    # TF's decode + antialiased bilinear resize is not Pillow's: pixels differ by a grey level,
+    # so probabilities are close, not equal (the README quotes what this measures).
+    np.testing.assert_allclose(probs, expected, atol=1e-3)
+    np.testing.assert_allclose(probs, np.asarray(exported.model(decode_images(encoded, SIZE))), atol=1e-5)
+    assert [s.decode() for s in by_bytes["label"].numpy()] == [CLASSES[i] for i in probs.argmax(1)]
+
+    if "tflite" in manifest["files"]:
+        assert checks["tflite_vs_keras_max_abs_diff"] < TOL
+    else:  # conversion may fail on other TF versions: then it is reported, and the rest is written
+        assert manifest["tflite_error"] and any("TFLite conversion failed" in m for m in logs)
+
+
+def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        export_run(tmp_path, **QUIET)
+    with pytest.raises(ValueError, match="unknown export format onnx"):
+        export_run(tmp_path, formats=("onnx",), **QUIET)
+
+
+@pytest.mark.slow
+def test_export_of_joined_caches_rounds_through_each_cache_dtype(folder_cache, folder_data, cached_images, tmp_path):
+    """FEATURES=a.h5,b.h5: two backbones side by side; the float16 cache's rounding is mimicked."""
+    from extract import extract_features
+
+    images, _, paths = cached_images
+    half = extract_features(folder_data, out=tmp_path / "max16.h5", size=SIZE, pooling="max", weights="none",
+                            dtype="float16", batch_size=8, progress=False, **QUIET).path
+    result = train_head("logreg", [folder_cache, half], tmp_path / "run", plots=False, **QUIET)
+    exported = export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), check=False, **QUIET)
+    with FeatureCache(half) as c:
+        order = {p: i for i, p in enumerate(c.column("path"))}
+        X16 = c.features()[[order[p] for p in paths]]
+    _, X32, _ = cached_images
+    expected = result.head.predict_proba(np.concatenate([X32, X16], axis=1))
+    np.testing.assert_allclose(np.asarray(exported.model(images, training=False)), expected, atol=TOL)
+    # The float16 cache's features come out of the model exactly representable in float16,
+    # as the cache stored them (a one-ulp flip from batch-size-dependent float sums is allowed).
+    rounded = next(layer for layer in exported.model.layers if layer.name.startswith("features_"))
+    feats = np.asarray(keras.Model(exported.model.input, rounded.output)(images, training=False))
+    assert feats.dtype == np.float32
+    np.testing.assert_array_equal(feats.astype(np.float16).astype(np.float32), feats)
+    ulp = np.spacing(np.abs(X16).astype(np.float16)).astype(np.float32)
+    assert (np.abs(feats - X16) <= ulp).all()
+
+
+def test_cli_export(folder_cache, tmp_path, capsys):
+    from heads.__main__ import main
+
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--formats", "keras"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "labels.json", "model.keras"]
+    checks = json.loads((tmp_path / "out" / "export.json").read_text())["checks"]
+    assert checks["keras_vs_head_max_abs_diff"] < TOL
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--run", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err
