@@ -100,8 +100,7 @@ def compare_backbones(
             status = "updated"  # resumed or incremental: time covers only part of the images
         else:
             status = "extracted"
-        ips = float(recorded) if recorded is not None else (
-            result.rows / result.seconds if status == "extracted" and result.seconds > 0 else None)
+        ips = float(recorded) if recorded is not None else None
         if out is None:
             out = Path("runs") / f"{_safe(dataset)}-backbones"
         m = train_head(head, result.path, out / name, head_args=head_args, cache_dir=cache_dir, plots=plots,
@@ -116,9 +115,9 @@ def compare_backbones(
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     md = (f"# Backbones on `{dataset}`, head `{head}`\n\n" + _markdown(table) + "\n\n"
-          "images/s: wall-clock extraction throughput including building the backbone, measured on this machine; "
-          "`cached` means the cache was reused and records no throughput, `updated` that only part of it was "
-          "(re)extracted.\n")
+          "images/s: extraction throughput (decode + backbone + write, backbone build excluded) recorded in the "
+          "cache by the run that extracted it, on the machine it ran on; `cached` means the cache was reused "
+          "(its recorded throughput is shown), `updated` that this run (re)extracted only part of it.\n")
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out / "compare_backbones.md").write_text(md)
