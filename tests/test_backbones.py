@@ -77,32 +77,6 @@ def test_preprocess_is_the_families_own(name):
     assert spec.preprocess_in_model == np.array_equal(np.asarray(ours), x)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_built_backbone_at_its_minimum_size_has_the_registered_width(name):
-    """Width, the minimum Keras accepts, and the wrapper equals Keras's preprocess then the bare network."""
-    import keras
-
-    spec = get_backbone(name)
-    constructor = bb._import_attr(spec.constructor)
-    with pytest.raises(ValueError, match=f"at least {spec.min_size}"):
-        constructor(include_top=False, weights=None, input_shape=(spec.min_size - 1, spec.min_size - 1, 3))
-    model = build_backbone(spec, spec.min_size, "avg", "none", seed=0)
-    assert model.output_shape == (None, spec.feature_width)
-
-    x = _pixels(2, spec.min_size)
-    got = np.asarray(model(x, training=False))
-    (net,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    keras_pre = importlib.import_module(f"keras.applications.{FAMILY[name]}").preprocess_input
-    direct = np.asarray(net(keras_pre(x.copy()), training=False))
-    assert got.shape == (2, spec.feature_width) and np.isfinite(got).all()
-    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
-
-    # in-model families rescale 0-255 pixels in their first layers; the others must not (we do it outside)
-    first = [type(layer).__name__ for layer in net.layers[1:4]]
-    assert spec.preprocess_in_model == any(kind in ("Rescaling", "Normalization") for kind in first), first
-
-
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """An empty Keras cache and no network. Returns the (file name, URL) pairs get_file was asked for."""
@@ -121,22 +95,70 @@ def offline(tmp_path, monkeypatch):
     return calls
 
 
+@pytest.fixture
+def recorded_download(tmp_path, monkeypatch):
+    """Let a keras.applications constructor run with weights='imagenet' offline: record the (file, URL)
+    it asks get_file for, and keep its random initial weights instead of loading a file."""
+    import keras
+    from keras.src.utils import file_utils
+
+    calls: list[tuple[str, str]] = []
+
+    def record(fname=None, origin=None, **kwargs):
+        calls.append((fname, origin))
+        return str(tmp_path / fname)
+
+    monkeypatch.setattr(file_utils, "get_file", record)
+    monkeypatch.setattr(keras.Model, "load_weights", lambda self, *a, **kw: None)
+    return calls
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")  # Keras: MobileNets off 224 px
 @pytest.mark.parametrize("name", NAMES)
-def test_imagenet_weights_file_and_url_are_what_keras_asks_for(name, offline, tmp_path):
-    """Keras's own constructor names the file and URL; our download and our offline error must match."""
+def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights_file(name, recorded_download):
+    """One build per network at the minimum Keras accepts, through Keras's own ImageNet path: the weights file
+    and URL Keras asks for are the entry's, the width is the entry's, and the wrapper equals Keras's preprocess
+    then the bare network."""
+    import keras
+
     spec = get_backbone(name)
-    with pytest.raises(WeightsUnavailableError) as from_build:
-        build_backbone(spec, spec.min_size, "avg", "imagenet")
-    keras_file, keras_url = offline[-1]
-    with pytest.raises(WeightsUnavailableError) as from_identity:
+    constructor = bb._import_attr(spec.constructor)
+    with pytest.raises(ValueError, match=f"at least {spec.min_size}"):
+        constructor(include_top=False, weights=None, input_shape=(spec.min_size - 1, spec.min_size - 1, 3))
+    model = build_backbone(spec, spec.min_size, "avg", "imagenet", seed=0)
+    assert recorded_download == [(spec.weights_file_for(spec.min_size), spec.weights_url())]
+    assert model.output_shape == (None, spec.feature_width)
+
+    x = _pixels(2, spec.min_size)
+    got = np.asarray(model(x, training=False))
+    (net,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    keras_pre = importlib.import_module(f"keras.applications.{FAMILY[name]}").preprocess_input
+    direct = np.asarray(net(keras_pre(x.copy()), training=False))
+    assert got.shape == (2, spec.feature_width) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
+
+    # in-model families rescale 0-255 pixels in their first layers; the others must not (we do it outside)
+    first = [type(layer).__name__ for layer in net.layers[1:4]]
+    assert spec.preprocess_in_model == any(kind in ("Rescaling", "Normalization") for kind in first), first
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_offline_error_names_the_weights_file_and_the_alternatives(name, offline, tmp_path):
+    """Our download asks for the same file and URL as Keras's constructor (checked above) and says how to fix it."""
+    spec = get_backbone(name)
+    with pytest.raises(WeightsUnavailableError) as err:
         weights_identity(spec, "imagenet", spec.min_size)
-    assert offline[-1] == (keras_file, keras_url) == (spec.weights_file_for(spec.min_size), spec.weights_url())
-    for err in (from_build, from_identity):
-        msg = str(err.value)
-        assert keras_file in msg and str(tmp_path / "keras_models") in msg and "WEIGHTS=none" in msg
-        assert ("WEIGHTS=<path" in msg) != spec.file_weights_graph_differs
+    assert offline == [(spec.weights_file_for(spec.min_size), spec.weights_url())]
+    msg = str(err.value)
+    assert spec.weights_file_for(spec.min_size) in msg and str(tmp_path / "keras_models") in msg
+    assert "WEIGHTS=none" in msg and ("WEIGHTS=<path" in msg) != spec.file_weights_graph_differs
+
+
+def test_build_without_weights_offline_stops_with_the_file_name(offline, tmp_path):
+    spec = get_backbone("xception")
+    with pytest.raises(WeightsUnavailableError, match=spec.weights_file_for()):
+        build_backbone(spec, spec.min_size, "avg", "imagenet")
 
 
 @pytest.mark.slow
