@@ -269,13 +269,20 @@ def _download_imagenet(spec: BackboneSpec, size: int | None = None) -> None:
         )
 
 
-def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, seed: int = 0):
+# PRECISION= value → Keras dtype policy the backbone is built under (None: plain float32).
+PRECISION_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, seed: int = 0,
+                   precision: str = "float32"):
     """Build the frozen headless backbone, ``preprocess_input`` applied inside it.
 
     Returns a Keras model that maps uint8-range float images of shape (batch, size, size, 3)
     to features of shape (batch, feature_width), or (batch, h, w, feature_width) when
     ``pooling == "none"``. For ``preprocess_in_model`` families the wrapped ``preprocess_input``
     is Keras's no-op and the network's own first layers rescale the 0-255 pixels.
+    ``precision="bfloat16"`` (CPUs with AVX-512 BF16 or AMX) or ``"float16"`` (GPUs) computes under
+    Keras's mixed policy with float32 weights; the features are always returned as float32.
     """
     import keras  # noqa: PLC0415
 
@@ -291,6 +298,11 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
             f"come from a file. Right for weights trained on that network; for Keras's ImageNet file use "
             f"WEIGHTS=imagenet with the file in {KERAS_MODELS_DIR}/.", stacklevel=2,
         )
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISION_POLICIES)}")
+    previous_policy = keras.config.dtype_policy()
+    if PRECISION_POLICIES[precision]:
+        keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
     try:
         net = constructor(
             include_top=False,
@@ -302,9 +314,11 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
         if weights == "imagenet" and not (KERAS_MODELS_DIR / spec.weights_file_for(size)).exists():
             raise _unavailable(spec, size, err) from err
         raise
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     if file_weights:
         net.load_weights(str(Path(weights).expanduser()))
     net.trainable = False
     inputs = keras.Input((size, size, 3), name="image")
-    outputs = net(preprocess(inputs), training=False)
+    outputs = keras.ops.cast(net(preprocess(inputs), training=False), "float32")
     return keras.Model(inputs, outputs, name=f"{spec.name}_{size}_{pooling}")

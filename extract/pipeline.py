@@ -21,7 +21,7 @@ from .discover import Discovery, Item, discover
 
 POOLINGS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
-PRECISIONS = ("float32",)
+PRECISIONS = ("float32", "bfloat16", "float16")
 RANDOM_WEIGHTS_WARNING = (
     "WEIGHTS=none: the backbone has random weights. Features and any accuracy computed on them "
     "are NOT representative of a pretrained model."
@@ -122,7 +122,7 @@ def load_backbone(config: dict[str, Any]):
     """Build the backbone described by a cache config (used by extract and predict)."""
     return build_backbone(
         get_backbone(config["backbone"]["name"]), config["size"], config["pooling"],
-        weights_argument(config), seed=config["seed"],
+        weights_argument(config), seed=config["seed"], precision=config["precision"],
     )
 
 

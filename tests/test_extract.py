@@ -232,3 +232,18 @@ def test_bad_settings_are_named(folder_data, tmp_path):
 def test_throughput_is_recorded(folder_cache):
     with FeatureCache(folder_cache) as c:
         assert c.attrs["images_per_second"] > 0
+
+
+def test_bfloat16_precision_is_close_to_float32_and_gets_its_own_cache(folder_data, folder_cache, tmp_path):
+    result = extract_features(folder_data, cache_dir=tmp_path, size=SIZE, weights="none", dtype="float32",
+                              precision="bfloat16", **QUIET)
+    with FeatureCache(result.path) as c, FeatureCache(folder_cache) as ref:
+        assert c.config["precision"] == "bfloat16" and ref.config["precision"] == "float32"
+        assert c.attrs["config_key"] != ref.attrs["config_key"]
+        assert list(c.column("path")) == list(ref.column("path"))
+        a, b = c.features(), ref.features()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.999
+    assert not np.array_equal(a, b)  # it really ran in another precision
+    with pytest.raises(ValueError, match="PRECISION='int8' is not one of float32, bfloat16, float16"):
+        extract_features(folder_data, out=tmp_path / "x.h5", size=SIZE, weights="none", precision="int8", **QUIET)
