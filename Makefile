@@ -102,7 +102,7 @@ verify: $(STAMP) ## check a cache: FEATURES=<h5> [DATA=<dir>] (schema, complete,
 	$(PY) -m extract.verify --features "$(FEATURES)" $(call opt,DATA,--data) $(call opt,LABELS,--labels) $(call opt,TEST,--test)
 
 test: $(STAMP) ## run the test suite (pytest) and lint the Dockerfile
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(STAMP) ## hadolint the Dockerfile
 	$(VENV)/bin/hadolint Dockerfile
