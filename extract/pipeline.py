@@ -16,7 +16,7 @@ import numpy as np
 from . import cache as cache_mod
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
 from .backbones import build_backbone, get_backbone, weights_identity
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_array
+from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
 
 POOLINGS = ("avg", "max", "none")
@@ -73,6 +73,7 @@ def make_config(
     return {
         "backbone": spec.as_config(),
         "size": size,
+        "decoder": DECODER,
         "pooling": pooling,
         "weights": weights_identity(spec, weights, size),
         "dtype": dtype,

@@ -155,3 +155,19 @@ def test_unreadable_permissions_as_a_non_root_user(tmp_path_factory, picture):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "unreadable: Permission denied", out.stderr
+
+
+def test_large_jpegs_are_dct_scaled_like_pillow_draft(tmp_path):
+    """A 500x375 JPEG for a 100 px input decodes at 1/2 scale (Pillow's draft), then bilinear resize."""
+    rng = np.random.default_rng(3)
+    small = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    small.save(tmp_path / "big.jpg", quality=92)
+    ours = load_array(str(tmp_path / "big.jpg"), 100)
+    ref = Image.open(tmp_path / "big.jpg")
+    ref.draft("RGB", (100, 100))
+    assert ref.size == (250, 188)
+    expected = np.asarray(ref.convert("RGB").resize((100, 100), Image.BILINEAR))
+    np.testing.assert_array_equal(ours, expected)
+    full = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((100, 100), Image.BILINEAR))
+    assert np.abs(ours.astype(int) - full).mean() < 3  # same picture
+    assert load_array(str(tmp_path / "big.jpg"), 299).shape == (299, 299, 3)  # 500x375 cannot halve below 299
