@@ -32,7 +32,7 @@ BATCH ?= 32
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
-.PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict export demo verify test lint clean
+.PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict export demo verify bench test lint clean
 
 help: ## show this help
 	@echo "headswap: cache frozen-CNN features once (make extract), then swap heads (make train-head)."
@@ -40,7 +40,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
 	@echo "           TRAIN_ROUNDS ASSERT_ACCURACY | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -58,7 +58,7 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	  --backbone "$(BACKBONE)" $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
 	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" \
 	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
-	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds)
+	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices)
 
 preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }
@@ -100,6 +100,14 @@ demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, trai
 verify: $(STAMP) ## check a cache: FEATURES=<h5> [DATA=<dir>] (schema, complete, rows per split/round, NaN, fingerprint)
 	@test -n "$(FEATURES)" || { echo "error: set FEATURES=<cache .h5>"; exit 2; }
 	$(PY) -m extract.verify --features "$(FEATURES)" $(call opt,DATA,--data) $(call opt,LABELS,--labels) $(call opt,TEST,--test)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP) ## extraction vs compute-bound vs classic ImageDataGenerator, bf16, RSS: [DATA=] [SIZE=] [N=]
+	$(PY) -m bench.run $(call opt,DATA,--data) $(call opt,SIZE,--size) $(call opt,N,--n)
 
 test: $(STAMP) ## run the test suite (pytest) and lint the Dockerfile
 	$(PY) -m pytest -q -n 2

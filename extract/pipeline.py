@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -119,12 +120,33 @@ def weights_argument(config: dict[str, Any]) -> str:
     return {"none": "none", "imagenet": "imagenet"}.get(w["kind"]) or w["path"]
 
 
-def load_backbone(config: dict[str, Any]):
-    """Build the backbone described by a cache config (used by extract and predict)."""
-    return build_backbone(
-        get_backbone(config["backbone"]["name"]), config["size"], config["pooling"],
-        weights_argument(config), seed=config["seed"], precision=config["precision"],
-    )
+def load_backbone(config: dict[str, Any], strategy=None):
+    """Build the backbone described by a cache config (used by extract and predict).
+
+    With a ``tf.distribute`` strategy the weights are mirrored on each of its devices.
+    """
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return build_backbone(
+            get_backbone(config["backbone"]["name"]), config["size"], config["pooling"],
+            weights_argument(config), seed=config["seed"], precision=config["precision"],
+        )
+
+
+def replica_strategy(devices: Sequence[str] | None = None):
+    """One replica per device: every visible GPU by default (memory growth on), else ``None`` (one device).
+
+    ``devices`` names them explicitly, e.g. ``["/gpu:0", "/gpu:1"]`` (or two logical CPUs in tests).
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the runtime is initialised already; growth was decided then
+            pass
+    if devices is None:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return tf.distribute.MirroredStrategy(list(devices)) if len(devices) > 1 else None
 
 
 def image_dataset(
@@ -170,19 +192,32 @@ def image_dataset(
 
 def embed(
     paths: Sequence[str], model, size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-    **augment_kw: Any,
+    strategy=None, **augment_kw: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
     """Yield (positions, features, reasons) per batch; ``reasons[i] == ''`` where decoding worked.
 
     Decoding overlaps the backbone's compute. ``features`` rows of failed images are meaningless
-    and must be dropped by the caller. ``augment_kw`` goes to :func:`image_dataset`.
+    and must be dropped by the caller. ``augment_kw`` goes to :func:`image_dataset`. With a
+    ``strategy`` (see :func:`replica_strategy`) each batch is cut into one contiguous slice per
+    replica, run on all of them at once, and put back together in order.
     """
     import tensorflow as tf  # noqa: PLC0415
 
     ds = image_dataset(paths, size, batch_size, max_pixels, **augment_kw)
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if strategy is None:
+        infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    else:
+        replicas = strategy.num_replicas_in_sync
+        step = tf.function(lambda x: strategy.run(lambda t: model(t, training=False), args=(x,)),
+                           reduce_retracing=True)
+
+        def infer(imgs):
+            bounds = np.linspace(0, int(imgs.shape[0]), replicas + 1).astype(int)
+            sliced = strategy.experimental_distribute_values_from_function(
+                lambda ctx: imgs[bounds[ctx.replica_id_in_sync_group]:bounds[ctx.replica_id_in_sync_group + 1]])
+            return np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(sliced))])
     for idx, imgs, reasons in ds:
-        feats = infer(imgs).numpy()
+        feats = np.asarray(infer(imgs))
         yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]
 
 
@@ -295,6 +330,7 @@ def extract_features(
     rounds: int = 0,
     overwrite: bool = False,
     flush_rows: int = 1024,
+    devices: Sequence[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = _log,
 ) -> ExtractResult:
@@ -303,7 +339,8 @@ def extract_features(
     Returns an :class:`ExtractResult` whose ``path`` is the cache file. A complete cache with the
     same config and data is reused without work (``up_to_date=True``); an interrupted run is
     resumed; a changed data set is updated incrementally (only added or modified images are
-    extracted). Rows are flushed every ``flush_rows`` rows. ``augment`` (a preset or
+    extracted). Rows are flushed every ``flush_rows`` rows. ``devices`` (default: every visible
+    GPU) get one backbone replica each when there are several. ``augment`` (a preset or
     ``'key=value,...'``) with ``rounds=K`` adds K augmented views of every training image.
     """
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
@@ -328,12 +365,15 @@ def extract_features(
         if config["weights"]["kind"] == "none":
             log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
         start = time.perf_counter()
-        model = load_backbone(config) if plan.views else None
+        strategy = replica_strategy(devices) if plan.views else None
+        if strategy is not None:
+            log(f"{strategy.num_replicas_in_sync} replicas: {', '.join(strategy.extended.worker_devices)}")
+        model = load_backbone(config, strategy) if plan.views else None
         feature_shape = tuple(int(d) for d in model.output_shape[1:]) if model else _old_feature_shape(plan.old)
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
         compute_start = time.perf_counter()
         skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
-                                      max_pixels=max_pixels, progress=progress)
+                                      max_pixels=max_pixels, progress=progress, strategy=strategy)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
         throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
         rows = cache_mod.assemble(
@@ -372,6 +412,7 @@ def run_extraction(
     batch_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    strategy=None,
 ) -> list[str]:
     """Feed every view through ``model`` into ``writer``; record each failure with its reason.
 
@@ -388,7 +429,7 @@ def run_extraction(
                    seeds=np.stack([view_seed(seed, v.item.relpath, v.round) for v in views]))
     try:
         for idx, feats, reasons in embed([v.item.abspath for v in views], model, config["size"], batch_size,
-                                         max_pixels, **augment):
+                                         max_pixels, strategy=strategy, **augment):
             batch = [views[i] for i in idx]
             ok = [k for k, r in enumerate(reasons) if not r]
             for k, r in enumerate(reasons):

@@ -1,0 +1,64 @@
+"""One measured run in a fresh interpreter, so its peak RSS is its own: ``python -m bench.worker MODE ...``.
+
+Modes:
+* ``extract``: headswap's :func:`extract.extract_features` end to end (HDF5 written);
+* ``classic``: Keras 2's ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (``tf_keras``).
+
+Prints one JSON line: images, seconds (the call, model build included), peak RSS in MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def run_extract(data: str, size: int, out: str, batch: int, precision: str) -> dict:
+    from extract import FeatureCache, extract_features
+
+    start = time.perf_counter()
+    result = extract_features(data, out=out, size=size, weights="none", batch_size=batch, precision=precision,
+                              overwrite=True, progress=False, log=lambda m: None)
+    seconds = time.perf_counter() - start
+    with FeatureCache(result.path) as c:
+        rows = c.n_rows
+    return {"images": rows, "seconds": seconds}
+
+
+def run_classic(data: str, size: int, batch: int) -> dict:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    from tf_keras.applications import xception
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    model = xception.Xception(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    start = time.perf_counter()
+    flow = ImageDataGenerator(preprocessing_function=xception.preprocess_input).flow_from_directory(
+        data, target_size=(size, size), batch_size=batch, class_mode=None, shuffle=False)
+    features = model.predict(flow, verbose=0)
+    return {"images": int(features.shape[0]), "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["extract", "classic"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--out", default="bench_out/bench.h5")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--precision", default="float32")
+    args = p.parse_args()
+    if args.mode == "extract":
+        result = run_extract(args.data, args.size, args.out, args.batch, args.precision)
+    else:
+        result = run_classic(args.data, args.size, args.batch)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The multi-GPU path, on CPU: two logical devices, one backbone replica each (in a subprocess, since
+logical devices must be configured before TensorFlow starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import write_class_folders
+
+from extract import FeatureCache
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from extract import extract_features
+logs = []
+kw = dict(size=71, weights="none", dtype="float32", batch_size=5, progress=False, log=logs.append)
+two = extract_features(sys.argv[1], out=sys.argv[2], devices=["/cpu:0", "/cpu:1"], **kw)
+one = extract_features(sys.argv[1], out=sys.argv[3], **kw)
+print(json.dumps({"logs": logs, "rows": [two.rows, one.rows]}))
+"""
+
+
+def test_two_replicas_give_the_same_cache_as_one_device(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=4)  # 12 images, batches of 5: uneven slices too
+    two, one = tmp_path / "two" / "c.h5", tmp_path / "one" / "c.h5"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(two), str(one)], cwd=REPO, text=True,
+                         capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any(line.startswith("2 replicas: ") and "CPU:0" in line and "CPU:1" in line for line in result["logs"])
+    assert result["rows"] == [12, 12]
+    with FeatureCache(two) as a, FeatureCache(one) as b:
+        assert list(a.column("path")) == list(b.column("path"))
+        np.testing.assert_allclose(a.features(), b.features(), atol=1e-5, rtol=1e-4)
