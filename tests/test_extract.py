@@ -89,6 +89,10 @@ def test_csv_errors_name_the_problem(tmp_path):
     csv.write_text(good + "../escape,circle\n")
     with pytest.raises(DataError, match="outside DATA"):
         discover(images, labels=csv)
+    first_id = good.split()[1].split(",")[0]
+    csv.write_text(good.replace(good.split()[1], f"{first_id},"))  # first row: empty breed
+    with pytest.raises(DataError, match=f"1 rows of labels.csv have an empty 'breed', e.g. {first_id}"):
+        discover(images, labels=csv)
 
 
 def test_train_test_folders_give_a_labelled_test_split(tmp_path):
