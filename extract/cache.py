@@ -16,7 +16,6 @@ caches without it.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ FORMAT = "headswap-features"
 FORMAT_VERSION = 1
 DEFAULT_DIR = Path("features_cache")
 CHUNK_ROWS = 256
+MAX_PART_BYTES = 256 << 20  # a part (and an assembly block) stays below this, whatever the row size
 SPLITS = ("train", "val", "test")
 _STR = h5py.string_dtype("utf-8")
 
@@ -210,7 +210,7 @@ def parts_dir(path: str | os.PathLike) -> Path:
 
 
 class PartsWriter:
-    """Buffers rows and flushes them as atomic part files of about ``flush_bytes``.
+    """Buffers rows and flushes them as atomic part files of ``flush_rows`` rows (or 256 MB, if less).
 
     A part is written to ``part-NNNNNN.npz.tmp`` and renamed, so after a SIGKILL at any
     moment every ``part-*.npz`` is whole. ``close()`` flushes what is left; it never marks
@@ -232,7 +232,8 @@ class PartsWriter:
     def write(self, batch: Batch) -> None:
         self._rows.append(batch)
         self._n += len(batch.path)
-        if self._n >= self.flush_rows:
+        self._bytes = getattr(self, "_bytes", 0) + batch.features.nbytes
+        if self._n >= self.flush_rows or self._bytes >= MAX_PART_BYTES:
             self.flush()
 
     def skip(self, path: str, reason: str) -> None:
@@ -260,7 +261,7 @@ class PartsWriter:
             os.fsync(f.fileno())
         os.replace(tmp, target)
         self._next += 1
-        self._rows, self._skips, self._n = [], [], 0
+        self._rows, self._skips, self._n, self._bytes = [], [], 0, 0
 
     def close(self, complete: bool = False) -> None:
         self.flush()
@@ -282,6 +283,14 @@ def iter_parts(folder: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
 def parts_config_key(folder: str | os.PathLike) -> str | None:
     meta = Path(folder) / "config.json"
     return json.loads(meta.read_text())["config_key"] if meta.is_file() else None
+
+
+def parts_feature_shape(folder: str | os.PathLike) -> tuple[int, ...] | None:
+    """Feature shape of the first part that holds rows, or None."""
+    for part in iter_parts(folder):
+        if len(part["path"]):
+            return tuple(part["features"].shape[1:])
+    return None
 
 
 def done_in_parts(folder: str | os.PathLike) -> dict[tuple[str, int], str]:
@@ -322,6 +331,8 @@ def assemble(
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    row_bytes = int(np.prod(header["feature_shape"])) * 4
+    block_rows = max(1, min(block_rows, MAX_PART_BYTES // max(row_bytes, 1)))
     writer = HDF5Writer(tmp, **header)
     written: set[tuple[str, int]] = set()
 
@@ -373,45 +384,43 @@ def assemble(
 
 
 class CacheLock:
-    """``<cache>.lock`` holding the writer's pid; a lock left by a dead process is taken over."""
+    """``<cache>.lock``: an exclusive ``flock`` held for the whole run, with the holder's pid inside.
+
+    The kernel releases the lock when its holder dies, so a lock left by a killed run is taken
+    over, and neither pid reuse nor two runs starting at once can let two writers in.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).with_name(Path(path).name + ".lock")
         self.took_over_from: int | None = None
+        self._fd: int | None = None
 
     def __enter__(self) -> "CacheLock":
+        import fcntl  # noqa: PLC0415
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise CacheError(
-                        f"another extract (pid {pid}) is writing {self.path.with_suffix('')} right now. "
-                        f"Wait for it to finish, or stop it and rerun to resume."
-                    ) from None
-                self.took_over_from = pid
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise CacheError(f"could not take the lock {self.path}; remove it if no extract is running")
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheError(
+                f"another extract (pid {holder}) is writing {self.path.with_suffix('')} right now. "
+                f"Wait for it to finish, or stop it and rerun to resume."
+            ) from None
+        previous = os.read(fd, 32).decode(errors="replace").strip()
+        self.took_over_from = int(previous) if previous.isdigit() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno == errno.EPERM
-    return True
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 class FeatureCache:

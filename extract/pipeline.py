@@ -173,7 +173,8 @@ def image_dataset(
         except DecodeError as err:
             return np.zeros((size, size, 3), np.uint8), err.reason.encode("utf-8", "replace")
         except Exception as err:  # noqa: BLE001  (one odd file must never end a long run)
-            return np.zeros((size, size, 3), np.uint8), f"corrupt: {type(err).__name__}: {err}".encode()
+            return np.zeros((size, size, 3), np.uint8), f"corrupt: {type(err).__name__}: {err}".encode(
+                "utf-8", "replace")
 
     def tf_decode(i):
         img, reason = tf.numpy_function(decode, [i], [tf.uint8, tf.string], stateful=False)
@@ -369,14 +370,17 @@ def extract_features(
         if strategy is not None:
             log(f"{strategy.num_replicas_in_sync} replicas: {', '.join(strategy.extended.worker_devices)}")
         model = load_backbone(config, strategy) if plan.views else None
-        feature_shape = tuple(int(d) for d in model.output_shape[1:]) if model else _old_feature_shape(plan.old)
+        feature_shape = (tuple(int(d) for d in model.output_shape[1:]) if model
+                         else _old_feature_shape(plan.old) or cache_mod.parts_feature_shape(cache_mod.parts_dir(path)))
+        if feature_shape is None:
+            raise cache_mod.CacheError(f"nothing to assemble for {path}: no rows were extracted (every image skipped?)")
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
         compute_start = time.perf_counter()
         skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
                                       max_pixels=max_pixels, progress=progress, strategy=strategy)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
         throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
-        rows = cache_mod.assemble(
+        rows = _assemble_or_explain(
             path, current={it.relpath: cache_mod.RowInfo(it.label, it.split, it.stamp) for it in found.items},
             wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
             old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
@@ -398,7 +402,19 @@ def extract_features(
     return ExtractResult(path, rows, len(all_skips), seconds)
 
 
-def _old_feature_shape(old: Path | None) -> tuple[int, ...]:
+def _assemble_or_explain(path: Path, **kwargs: Any) -> int:
+    try:
+        return cache_mod.assemble(path, **kwargs)
+    except OSError as err:
+        raise cache_mod.CacheError(
+            f"writing {path} failed: {err}. The extracted rows are kept in {cache_mod.parts_dir(path)}; fix the "
+            f"cause (e.g. free disk space) and rerun the same command to finish."
+        ) from err
+
+
+def _old_feature_shape(old: Path | None) -> tuple[int, ...] | None:
+    if old is None:
+        return None
     with cache_mod.FeatureCache(old) as c:
         return c.feature_shape
 

@@ -122,18 +122,52 @@ def test_second_extract_is_refused_while_one_runs_and_a_stale_lock_is_taken_over
     data = write_class_folders(tmp_path / "d", per_class=2)
     out = tmp_path / "c.h5"
     lock = tmp_path / "c.h5.lock"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = ("import fcntl, os, sys, time\n"
+              "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "os.write(fd, str(os.getpid()).encode())\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(60)\n")
+    running = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(str(sleeper.pid))
-        with pytest.raises(CacheError, match=f"another extract \\(pid {sleeper.pid}\\) is writing"):
+        assert running.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheError, match=f"another extract \\(pid {running.pid}\\) is writing"):
             extract_features(data, out=out, **KW)
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        running.kill()
+        running.wait()
+    assert lock.exists()  # left behind by the killed holder, with its pid inside
     logs = []
     extract_features(data, out=out, **{**KW, "log": logs.append})
-    assert any(f"stale lock left by pid {sleeper.pid}" in m for m in logs)
+    assert any(f"stale lock left by pid {running.pid}" in m for m in logs)
     assert out.exists() and not lock.exists()
+
+
+def test_our_own_pid_in_a_stale_lock_does_not_block(tmp_path):
+    """pid reuse (e.g. a new container): a lock file nobody holds is stale whatever pid it names."""
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    (tmp_path / "c.h5.lock").write_text(str(os.getpid()))
+    assert extract_features(data, out=tmp_path / "c.h5", **KW).rows == 6
+
+
+def test_failed_assembly_after_every_row_was_flushed_finishes_on_rerun(tmp_path, monkeypatch, count_embedded):
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    out = tmp_path / "c.h5"
+
+    def disk_full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_writer = cache_mod.HDF5Writer
+    monkeypatch.setattr(cache_mod, "HDF5Writer", disk_full)
+    with pytest.raises(CacheError, match="No space left on device.*rows are kept in .*rerun the same command"):
+        extract_features(data, out=out, **KW)
+    assert len(count_embedded) == 9  # the backbone ran; the rows are in parts
+    monkeypatch.setattr(cache_mod, "HDF5Writer", real_writer)
+    count_embedded.clear()
+    logs = []
+    extract_features(data, out=out, **{**KW, "log": logs.append})
+    assert count_embedded == [] and "resuming: 9 of 9 done" in logs
+    assert_same_cache(out, extract_features(data, out=tmp_path / "independent" / "fresh.h5", **KW).path)
 
 
 def test_other_format_versions_are_refused(tmp_path, folder_cache):
