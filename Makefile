@@ -40,7 +40,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES FLUSH_ROWS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
 	@echo "           TRAIN_ROUNDS ASSERT_ACCURACY | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -58,7 +58,8 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	  --backbone "$(BACKBONE)" $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
 	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" \
 	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
-	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices)
+	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices) \
+	  $(call opt,FLUSH_ROWS,--flush-rows)
 
 preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }
@@ -115,5 +116,6 @@ test: $(STAMP) ## run the test suite (pytest) and lint the Dockerfile
 lint: $(STAMP) ## hadolint the Dockerfile
 	$(VENV)/bin/hadolint Dockerfile
 
-clean: ## remove generated demo data, runs and caches (keeps .venv)
-	rm -rf demo_data runs features_cache/*.h5 features_cache/*.lock
+clean: ## remove generated demo data, runs, caches and their partial files (keeps .venv)
+	rm -rf demo_data runs bench_out features_cache/*.h5 features_cache/*.lock features_cache/*.h5.parts \
+	  features_cache/*.h5.tmp

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 TRAIN, VAL, TEST = "train", "val", "test"
+SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}  # folder names that are not classes
 UNLABELLED = -1
 
 
@@ -236,8 +237,18 @@ def discover(
         rows, skipped, classes = _class_folder_items(data / "train", None, prefix="train/")
         labelled_test, test_skipped, _ = _class_folder_items(data / "test", classes, prefix="test/")
         skipped += test_skipped
+        skipped += [Skip(rel, "not in train/ or test/: with DATA/train and DATA/test, only those are read")
+                    for rel in _walk_files(data) if Path(rel).parts[0] not in ("train", "test")]
         name = data.resolve().name
     else:
+        split_named = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name.lower() in SPLIT_FOLDERS)
+        if split_named:
+            raise DataError(
+                f"DATA={data} has split folders ({', '.join(split_named)}/), not class folders. headswap reads "
+                f"DATA/<class>/ with VAL= making the validation split, or DATA/train/<class>/ plus "
+                f"DATA/test/<class>/ as a labelled test set: point DATA= at the training folder, or arrange "
+                f"train/ and test/."
+            )
         rows, skipped, classes = _class_folder_items(data, None)
         name = data.resolve().name
     if not rows:

@@ -251,3 +251,21 @@ def test_bfloat16_precision_is_close_to_float32_and_gets_its_own_cache(folder_da
     assert not np.array_equal(a, b)  # it really ran in another precision
     with pytest.raises(ValueError, match="PRECISION='int8' is not one of float32, bfloat16, float16"):
         extract_features(folder_data, out=tmp_path / "x.h5", size=SIZE, weights="none", precision="int8", **QUIET)
+
+
+def test_split_named_folders_are_not_taken_for_classes(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", per_class=2)
+    write_class_folders(tmp_path / "d" / "val", per_class=1)
+    with pytest.raises(DataError, match=r"has split folders \(train, val/\), not class folders"):
+        discover(tmp_path / "d")
+
+
+def test_with_train_and_test_folders_everything_else_is_listed_as_skipped(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", per_class=2)
+    write_class_folders(tmp_path / "d" / "test", per_class=1)
+    write_class_folders(tmp_path / "d" / "valid", per_class=1)
+    (tmp_path / "d" / "notes.txt").write_text("hello")
+    found = discover(tmp_path / "d")
+    skipped = sorted(s.relpath for s in found.skipped)
+    assert skipped == ["notes.txt"] + sorted(f"valid/{c}/{c}_00.png" for c in CLASSES)
+    assert all("not in train/ or test/" in s.reason for s in found.skipped)
