@@ -191,7 +191,9 @@ class FeatureSource:
         def read(rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for pos in index_blocks(len(index), block_rows, rng):
                 rows = index[pos]
-                yield self.features(rows), self.labels[rows]
+                X = self.features(rows)
+                _check_finite(X, "training", ",".join(str(p) for p in self.paths))
+                yield X, self.labels[rows]
         return read
 
 

@@ -241,3 +241,15 @@ def test_compare_md_reports_test_accuracy_when_test_is_labelled(tmp_path):
     assert table["test_accuracy"].notna().all() and (table["test_accuracy"] >= 0.9).all()
     rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| logreg")]
     assert len(rows) == 1 and "n/a" not in rows[0]
+
+
+def test_streaming_heads_refuse_nan_training_rows_with_the_cache_message(folder_cache, tmp_path):
+    import h5py
+
+    broken = tmp_path / "nan.h5"
+    shutil.copy(folder_cache, broken)
+    with h5py.File(broken, "a") as f:
+        train_row = int(np.flatnonzero(f["split"].asstr()[()] == "train")[0])
+        f["features"][train_row, 0] = np.nan
+    with pytest.raises(CacheError, match="NaN or inf in its training features.*make verify"):
+        train_head("sgd", broken, tmp_path / "run", log=lambda m: None)
