@@ -32,14 +32,14 @@ def test_folder_cache_holds_exactly_the_images_with_their_labels(folder_data, fo
         assert c.skipped() == []
 
 
-def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
+def _check_against_direct_output(folder_data, cache):
     """Decode independently with PIL, run the Keras model directly, compare to the cache."""
     import keras
 
     spec = get_backbone("xception")
     keras.utils.set_random_seed(0)
     net = keras.applications.Xception(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg")
-    with FeatureCache(folder_cache) as c:
+    with FeatureCache(cache) as c:
         paths = list(c.column("path"))
         cached = c.features()
     picks = [0, len(paths) // 2, len(paths) - 1]
@@ -51,6 +51,32 @@ def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
     direct = net.predict(keras.applications.xception.preprocess_input(batch), verbose=0)
     assert spec.feature_width == direct.shape[1]
     np.testing.assert_allclose(cached[picks], direct, atol=1e-5, rtol=1e-4)
+
+
+def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
+    _check_against_direct_output(folder_data, folder_cache)
+
+
+def test_frozen_backbone_gives_the_direct_output_too(folder_data, folder_cache, tmp_path):
+    logs = []
+    result = extract_features(folder_data, out=tmp_path / "frozen.h5", size=SIZE, weights="none", dtype="float32",
+                              batch_size=8, freeze="yes", progress=False, log=logs.append)
+    assert any(line.startswith("freezing the backbone") for line in logs)
+    _check_against_direct_output(folder_data, result.path)
+    with FeatureCache(result.path) as frozen, FeatureCache(folder_cache) as plain:
+        assert frozen.config == plain.config  # the same features, so the same cache config
+        np.testing.assert_allclose(frozen.features(), plain.features(), atol=1e-6, rtol=1e-4)
+
+
+def test_freeze_auto_waits_for_a_job_big_enough_to_pay_for_it():
+    from extract.backbones import FREEZE_MIN_PIXELS, should_freeze
+
+    assert not should_freeze("auto", 100, 299) and should_freeze("auto", 1000, 299)
+    assert not should_freeze("auto", 3000, 100) and should_freeze("auto", 3300, 100)
+    assert should_freeze("auto", FREEZE_MIN_PIXELS, 1)
+    assert should_freeze("yes", 1, 71) and not should_freeze("no", 10**9, 299)
+    with pytest.raises(ValueError, match="FREEZE='maybe' is not one of auto, yes, no"):
+        should_freeze("maybe", 1, 71)
 
 
 def test_kaggle_layout_labels_match_the_csv(tmp_path):
