@@ -38,37 +38,87 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def compute_bound(size: int, n_images: int, batch_sizes: list[int],
-                  precision: str = "float32") -> tuple[float, int, np.ndarray]:
-    """Best images/s of the backbone alone on random pre-decoded tensors; also its features on them."""
+class CpuMeter:
+    """How much of the machine's CPU other processes (and the hypervisor) took while the bench ran.
+
+    Machine-wide busy and steal time come from ``/proc/stat``; the bench's own CPU time (this process
+    plus its finished workers) from :func:`os.times`. Their difference is other load: timings taken
+    with more than a few percent of it are noisy.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            fields = []
+        # user nice system idle iowait irq softirq steal
+        busy = sum(fields[i] for i in (0, 1, 2, 5, 6) if i < len(fields)) / ticks
+        steal = (fields[7] if len(fields) > 7 else 0) / ticks
+        t = os.times()
+        return time.monotonic(), busy, steal, t.user + t.system + t.children_user + t.children_system
+
+    def summary(self) -> str:
+        (t0, busy0, steal0, own0), (t1, busy1, steal1, own1) = self._start, self._sample()
+        capacity = (t1 - t0) * (os.cpu_count() or 1)
+        if capacity <= 0 or busy1 == busy0:
+            return "CPU contention: not measurable here (no /proc/stat)."
+        other = max(0.0, (busy1 - busy0) - (own1 - own0)) / capacity
+        steal = (steal1 - steal0) / capacity
+        quiet = other + steal < 0.05
+        return (f"CPU contention during the run: other processes {100 * other:.1f}%, hypervisor steal "
+                f"{100 * steal:.1f}% of {os.cpu_count()} cores over {(t1 - t0) / 60:.1f} min "
+                f"({'quiet' if quiet else 'NOT quiet: rerun on an idle machine before trusting the numbers'}).")
+
+
+def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: str = "float32",
+                  ) -> tuple[dict[str, tuple[float, int]], np.ndarray]:
+    """Images/s of the backbone alone on random pre-decoded tensors, at its best batch size, run both
+    as the Keras model (``keras``) and as the frozen graph extract runs on big jobs (``frozen``).
+
+    Returns ``{form: (best rate, its batch)}`` and the frozen graph's features on the first 8 inputs.
+    Both forms are measured batch by batch, interleaved, so a disturbance hits them alike.
+    """
     import tensorflow as tf
 
-    from extract.backbones import build_backbone, get_backbone
+    from extract.backbones import backbone_function, build_backbone, get_backbone
 
     model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0, precision=precision)
+    forms = {"keras": backbone_function(model, freeze=False), "frozen": backbone_function(model, freeze=True)}
     x = np.random.default_rng(0).uniform(0, 255, (max(batch_sizes), size, size, 3)).astype(np.float32)
-    infer = tf.function(lambda t: model(t, training=False))
-    best, best_bs = 0.0, batch_sizes[0]
+    best = {form: (0.0, batch_sizes[0]) for form in forms}
     for bs in batch_sizes:
         batch = tf.constant(x[:bs])
-        infer(batch).numpy()  # trace and warm up
         steps = max(2, n_images // bs)
-        start = time.perf_counter()
-        for _ in range(steps):
-            infer(batch).numpy()
-        rate = steps * bs / (time.perf_counter() - start)
-        if rate > best:
-            best, best_bs = rate, bs
-    return best, best_bs, infer(tf.constant(x[:8])).numpy()
+        for form, infer in forms.items():
+            infer(batch).numpy()  # trace and warm up
+            start = time.perf_counter()
+            for _ in range(steps):
+                infer(batch).numpy()
+            rate = steps * bs / (time.perf_counter() - start)
+            if rate > best[form][0]:
+                best[form] = (rate, bs)
+    return best, forms["frozen"](tf.constant(x[:8])).numpy()
 
 
-def cache_file(out: Path, size: int, data: Path) -> Path:
-    return out / f"bench-{size}-{data.name}.h5"
+def cache_file(out: Path, size: int, data: Path, precision: str = "float32") -> Path:
+    return out / f"bench-{size}-{data.name}{'' if precision == 'float32' else '-' + precision}.h5"
 
 
-def worker(mode: str, data: Path, size: int, out: Path, batch: int = 32, precision: str = "float32") -> dict:
-    cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
-           "--out", str(cache_file(out, size, data)), "--batch", str(batch), "--precision", precision]
+def worker(mode: str, data: Path, size: int, out: Path, batch: int = 32, precision: str = "float32",
+           n_images: int = 256) -> dict:
+    """One run in a fresh process; mode ``extract``, ``extract-bfloat16`` (PRECISION=), ``classic`` or
+    ``classic_compute``. Extraction runs with FREEZE=yes, as ``auto`` does on big jobs (the marginal rate
+    stands for those)."""
+    mode, _, mode_precision = mode.partition("-")
+    precision = mode_precision or precision
+    cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size), "--freeze", "yes",
+           "--out", str(cache_file(out, size, data, precision)), "--batch", str(batch), "--precision", precision,
+           "--n", str(n_images)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -129,35 +179,49 @@ def verdict(ok: bool) -> str:
 
 def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: dict[int, int] | None = None,
               classic: bool | None = None, batch_sizes: tuple[int, ...] = (16, 32, 64), repeats: int = 2,
-              out: Path = DEFAULT_OUT) -> str:
+              out: Path = DEFAULT_OUT, bf16_extract: bool = True) -> str:
     """Measure everything and return the markdown report (also written to ``out/results.md``)."""
     from bench.data import synthetic_subsets, user_subsets
 
+    meter = CpuMeter()
     out.mkdir(parents=True, exist_ok=True)
     n = n or {100: 256, 299: 64}
     classic = importlib.util.find_spec("tf_keras") is not None if classic is None else classic
     lines = [f"# headswap bench\n\nMachine: {machine()}.", "Backbone: Xception, random weights (the same compute "
-             "as ImageNet weights), POOLING=avg, DTYPE=float16, BATCH=32. Each extract/classic figure is the "
-             f"fastest of {repeats} interleaved runs in fresh processes, page cache warm.",
+             "as ImageNet weights), POOLING=avg, DTYPE=float16, BATCH=32, FREEZE=yes (what `auto` picks for "
+             "jobs of ≥ ~3,200 images at 100 px, ≥ ~360 at 299 px). Each extract/classic figure is the fastest "
+             f"of {repeats} interleaved runs in fresh processes, page cache warm.",
              "Input: " + (f"DATA={data}" if data else "generated 500×375 JPEGs (quality 90)") + ".\n",
-             "| size | N, 4N | (a) compute img/s (batch) | (b) extract img/s | (c) classic img/s | b/a | b/c "
-             "| RSS N → 4N (MB) |", "|---|---|---|---|---|---|---|---|"]
+             "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (frozen graph), at its "
+             "best batch; beside it the same backbone called as the Keras model, and Keras 2's (tf_keras) "
+             "Xception, the model the classic loop (c) runs, alone on tensors at batch 32.\n",
+             "| size | N, 4N | (a) compute img/s (batch) | Keras 3 model call | tf_keras model | (b) extract "
+             "img/s | (c) classic img/s | b/a | b/c | c / its model | RSS N → 4N (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     checks, swap_line, bf16_line = [], "", ""
     for size in sizes:
         base = n.get(size, 64)
         subsets = user_subsets(data, out / "data", [base, 4 * base]) if data else \
             synthetic_subsets(out / "data", [base, 4 * base])
         warm_page_cache(subsets[4 * base])
-        a, a_bs, fp32_features = compute_bound(size, max(64, 2 * base), list(batch_sizes))
-        runs = best_runs(["extract", "classic"] if classic else ["extract"], subsets, size, repeats, out)
+        compute, fp32_features = compute_bound(size, max(64, 2 * base), list(batch_sizes))
+        (a, a_bs), (keras_call, keras_bs) = compute["frozen"], compute["keras"]
+        classic_model = None
+        if classic:
+            run = worker("classic_compute", subsets[base], size, out, n_images=max(64, 2 * base))
+            classic_model = run["images"] / run["seconds"]
+        bf16_e2e = size == max(sizes) and bf16_extract
+        modes = ["extract"] + (["classic"] if classic else []) + (["extract-bfloat16"] if bf16_e2e else [])
+        runs = best_runs(modes, subsets, size, repeats, out)
         small, large = runs[("extract", base)], runs[("extract", 4 * base)]
         b = marginal(small, large)
         growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
         c = marginal(runs[("classic", base)], runs[("classic", 4 * base)]) if classic else None
         lines.append(
-            f"| {size} | {base}, {4 * base} | {a:.1f} ({a_bs}) | {fmt(b)} | {fmt(c)} | "
-            f"{fmt(ratio(b, a), 2)} | {fmt(ratio(b, c), 2)} | {small['peak_rss_mb']:.0f} → "
-            f"{large['peak_rss_mb']:.0f} ({100 * growth:+.1f}%) |")
+            f"| {size} | {base}, {4 * base} | {a:.1f} ({a_bs}) | {keras_call:.1f} ({keras_bs}) | {fmt(classic_model)} "
+            f"| {fmt(b)} | {fmt(c)} | {fmt(ratio(b, a), 2)} | {fmt(ratio(b, c), 2)} | "
+            f"{fmt(ratio(c, classic_model), 2)} | {small['peak_rss_mb']:.0f} → {large['peak_rss_mb']:.0f} "
+            f"({100 * growth:+.1f}%) |")
         checks.append(f"- b/a at {size} px ≥ {TARGETS['b/a']}: {fmt(ratio(b, a), 2)} "
                       f"{verdict((ratio(b, a) or 0) >= TARGETS['b/a'])}")
         if classic and size == 100:
@@ -174,16 +238,21 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             checks.append(f"- logreg head swap < 5% of extraction: {100 * share:.1f}% "
                           f"{verdict(share < TARGETS['swap'])}")
         if size == max(sizes):
-            bf16, bf16_bs, bf16_features = compute_bound(size, max(64, 2 * base), list(batch_sizes), "bfloat16")
+            bf16_compute, bf16_features = compute_bound(size, max(64, 2 * base), list(batch_sizes), "bfloat16")
+            bf16, bf16_bs = max(bf16_compute.values())
             cos = (fp32_features * bf16_features).sum(1) / (
                 np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(bf16_features, axis=1))
-            bf16_line = (f"PRECISION=bfloat16 at {size} px (compute-bound): {bf16:.1f} img/s (batch {bf16_bs}) "
-                         f"against float32 {a:.1f} img/s: ×{bf16 / a:.2f}; feature cosine to float32 ≥ "
-                         f"{cos.min():.5f}.")
+            bf16_line = (f"PRECISION=bfloat16 at {size} px (compute-bound, faster of model call and frozen graph): "
+                         f"{bf16:.1f} img/s (batch {bf16_bs}) against float32 {a:.1f} img/s: ×{bf16 / a:.2f}; "
+                         f"feature cosine to float32 ≥ {cos.min():.5f}.")
             checks.append(f"- bfloat16 ≥ ×{TARGETS['bf16']} float32 at {size} px: ×{bf16 / a:.2f} "
                           f"{verdict(bf16 / a >= TARGETS['bf16'])}; cosine ≥ {TARGETS['cosine']}: {cos.min():.5f} "
                           f"{verdict(cos.min() >= TARGETS['cosine'])}")
-    report = "\n".join(lines + ["", swap_line, "", bf16_line, "", "Targets:", *checks]) + "\n"
+            if bf16_e2e:
+                b16 = marginal(runs[("extract-bfloat16", base)], runs[("extract-bfloat16", 4 * base)])
+                bf16_line += (f" End to end, `make extract PRECISION=bfloat16` (marginal {base} → {4 * base}): "
+                              f"{fmt(b16)} img/s against float32 {fmt(b)}: ×{fmt(ratio(b16, b), 2)}.")
+    report = "\n".join(lines + ["", swap_line, "", bf16_line, "", "Targets:", *checks, "", meter.summary()]) + "\n"
     (out / "results.md").write_text(report)
     return report
 

@@ -2,9 +2,11 @@
 
 Modes:
 * ``extract``: headswap's :func:`extract.extract_features` end to end (HDF5 written);
-* ``classic``: Keras 2's ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (``tf_keras``).
+* ``classic``: Keras 2's ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (``tf_keras``);
+* ``classic_compute``: that ``tf_keras`` model alone on one pre-decoded batch (its own compute limit).
 
-Prints one JSON line: images, seconds (the call, model build included), peak RSS in MB.
+Prints one JSON line: images, seconds (the call, model build included; for ``classic_compute`` the
+steady loop only), peak RSS in MB.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_extract(data: str, size: int, out: str, batch: int, precision: str) -> dict:
+def run_extract(data: str, size: int, out: str, batch: int, precision: str, freeze: str) -> dict:
     from extract import FeatureCache, extract_features
 
     start = time.perf_counter()
     result = extract_features(data, out=out, size=size, weights="none", batch_size=batch, precision=precision,
-                              overwrite=True, progress=False, log=lambda m: None)
+                              freeze=freeze, overwrite=True, progress=False, log=lambda m: None)
     seconds = time.perf_counter() - start
     with FeatureCache(result.path) as c:
         rows = c.n_rows
@@ -43,17 +45,38 @@ def run_classic(data: str, size: int, batch: int) -> dict:
     return {"images": int(features.shape[0]), "seconds": time.perf_counter() - start}
 
 
+def run_classic_compute(size: int, batch: int, n_images: int) -> dict:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import numpy as np
+    import tensorflow as tf
+    from tf_keras.applications import xception
+
+    model = xception.Xception(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
+    infer = tf.function(lambda t: model(t, training=False))
+    infer(x).numpy()  # trace and warm up
+    steps = max(2, n_images // batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        infer(x).numpy()
+    return {"images": steps * batch, "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["extract", "classic"])
+    p.add_argument("mode", choices=["extract", "classic", "classic_compute"])
     p.add_argument("--data", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--out", default="bench_out/bench.h5")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", default="float32")
+    p.add_argument("--freeze", default="yes", help="FREEZE= for extract (the bench measures big-job rates: yes)")
+    p.add_argument("--n", type=int, default=256, help="images for classic_compute")
     args = p.parse_args()
     if args.mode == "extract":
-        result = run_extract(args.data, args.size, args.out, args.batch, args.precision)
+        result = run_extract(args.data, args.size, args.out, args.batch, args.precision, args.freeze)
+    elif args.mode == "classic_compute":
+        result = run_classic_compute(args.size, args.batch, args.n)
     else:
         result = run_classic(args.data, args.size, args.batch)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -18,13 +18,30 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| 71 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "4, 16"
-    assert float(cells[2].split()[0]) > 0 and cells[4] == "n/a"  # compute-bound rate; classic not installed here
+    # Compute-bound rates of the frozen graph and the Keras model call; classic not run here.
+    assert float(cells[2].split()[0]) > 0 and float(cells[3].split()[0]) > 0
+    assert cells[4] == cells[6] == cells[9] == "n/a"
     # With 4 and 16 images the marginal rate is within noise: a positive rate, or n/a, never a made-up number.
-    assert cells[3] == "n/a" or float(cells[3]) > 0
-    assert (cells[3] == "n/a") == (cells[5] == "n/a")
-    assert re.search(r"\d+ → \d+ \([+-]\d+\.\d%\)", cells[7])
+    assert cells[5] == "n/a" or float(cells[5]) > 0
+    assert (cells[5] == "n/a") == (cells[7] == "n/a")
+    assert re.search(r"\d+ → \d+ \([+-]\d+\.\d%\)", cells[10])
     assert "Head swap on the 16-image 71 px cache: logreg" in report
     assert "PRECISION=bfloat16 at 71 px" in report and "cosine" in report
+    assert re.search(r"End to end, `make extract PRECISION=bfloat16` \(marginal 4 → 16\): (n/a|\d+\.\d)", report)
     for target in ("b/a at 71 px", "peak RSS growth", "logreg head swap", "bfloat16 ≥"):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
+    assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
+
+
+def test_cpu_meter_counts_other_load_not_the_benchs_own(monkeypatch):
+    """Machine busy time minus the bench's own CPU (children included) is other processes' share."""
+    import bench.run as run
+
+    samples = iter([(0.0, 100.0, 7.0, 3.0),  # start: monotonic s, machine busy s, steal s, own CPU s
+                    (10.0, 115.0, 8.0, 13.0)])  # 10 s later: machine busy +15 s, of which the bench +10 s
+    monkeypatch.setattr(run.CpuMeter, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    summary = run.CpuMeter().summary()
+    assert "other processes 25.0%, hypervisor steal 5.0% of 2 cores" in summary  # 5 s and 1 s of 20 core-seconds
+    assert "NOT quiet" in summary
