@@ -28,6 +28,11 @@ DEFAULT_OUT = Path("bench_out")
 TARGETS = {"b/a": 0.95, "b/c@100": 1.25, "bf16": 1.35, "cosine": 0.999, "rss": 0.10, "swap": 0.05}
 
 
+def say(msg: str) -> None:
+    """Progress on stderr: a full bench takes a quarter of an hour on 2 cores."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -78,9 +83,9 @@ class CpuMeter:
 def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: str = "float32",
                   ) -> tuple[dict[str, tuple[float, int]], np.ndarray]:
     """Images/s of the backbone alone on random pre-decoded tensors, at its best batch size, run both
-    as the Keras model (``keras``) and as the frozen graph extract runs on big jobs (``frozen``).
+    as the plain Keras model call (``keras``) and as extract runs it (``fused``: fused batch norm).
 
-    Returns ``{form: (best rate, its batch)}`` and the frozen graph's features on the first 8 inputs.
+    Returns ``{form: (best rate, its batch)}`` and the ``fused`` features on the first 8 inputs.
     Both forms are measured batch by batch, interleaved, so a disturbance hits them alike.
     """
     import tensorflow as tf
@@ -88,7 +93,7 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: s
     from extract.backbones import backbone_function, build_backbone, get_backbone
 
     model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0, precision=precision)
-    forms = {"keras": backbone_function(model, freeze=False), "frozen": backbone_function(model, freeze=True)}
+    forms = {"keras": tf.function(lambda t: model(t, training=False)), "fused": backbone_function(model)}
     x = np.random.default_rng(0).uniform(0, 255, (max(batch_sizes), size, size, 3)).astype(np.float32)
     best = {form: (0.0, batch_sizes[0]) for form in forms}
     for bs in batch_sizes:
@@ -102,7 +107,7 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: s
             rate = steps * bs / (time.perf_counter() - start)
             if rate > best[form][0]:
                 best[form] = (rate, bs)
-    return best, forms["frozen"](tf.constant(x[:8])).numpy()
+    return best, forms["fused"](tf.constant(x[:8])).numpy()
 
 
 def cache_file(out: Path, size: int, data: Path, precision: str = "float32") -> Path:
@@ -112,11 +117,10 @@ def cache_file(out: Path, size: int, data: Path, precision: str = "float32") -> 
 def worker(mode: str, data: Path, size: int, out: Path, batch: int = 32, precision: str = "float32",
            n_images: int = 256) -> dict:
     """One run in a fresh process; mode ``extract``, ``extract-bfloat16`` (PRECISION=), ``classic`` or
-    ``classic_compute``. Extraction runs with FREEZE=yes, as ``auto`` does on big jobs (the marginal rate
-    stands for those)."""
+    ``classic_compute``."""
     mode, _, mode_precision = mode.partition("-")
     precision = mode_precision or precision
-    cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size), "--freeze", "yes",
+    cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
            "--out", str(cache_file(out, size, data, precision)), "--batch", str(batch), "--precision", precision,
            "--n", str(n_images)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -136,10 +140,12 @@ def best_runs(modes: list[str], subsets: dict[int, Path], size: int, repeats: in
               out: Path) -> dict[tuple[str, int], dict]:
     """Each (mode, N) ``repeats`` times, interleaved; keep the fastest run of each (least disturbed)."""
     best: dict[tuple[str, int], dict] = {}
-    for _ in range(repeats):
+    for rep in range(repeats):
         for mode in modes:
             for count, folder in subsets.items():
                 run = worker(mode, folder, size, out)
+                say(f"{size} px {mode} N={count} run {rep + 1}/{repeats}: {run['seconds']:.1f} s, "
+                    f"peak RSS {run['peak_rss_mb']:.0f} MB")
                 if (mode, count) not in best or run["seconds"] < best[(mode, count)]["seconds"]:
                     best[(mode, count)] = run
     return best
@@ -188,11 +194,10 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
     n = n or {100: 256, 299: 64}
     classic = importlib.util.find_spec("tf_keras") is not None if classic is None else classic
     lines = [f"# headswap bench\n\nMachine: {machine()}.", "Backbone: Xception, random weights (the same compute "
-             "as ImageNet weights), POOLING=avg, DTYPE=float16, BATCH=32, FREEZE=yes (what `auto` picks for "
-             "jobs of ≥ ~3,200 images at 100 px, ≥ ~360 at 299 px). Each extract/classic figure is the fastest "
+             "as ImageNet weights), POOLING=avg, DTYPE=float16, BATCH=32. Each extract/classic figure is the fastest "
              f"of {repeats} interleaved runs in fresh processes, page cache warm.",
              "Input: " + (f"DATA={data}" if data else "generated 500×375 JPEGs (quality 90)") + ".\n",
-             "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (frozen graph), at its "
+             "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (fused batch norm), at its "
              "best batch; beside it the same backbone called as the Keras model, and Keras 2's (tf_keras) "
              "Xception, the model the classic loop (c) runs, alone on tensors at batch 32.\n",
              "| size | N, 4N | (a) compute img/s (batch) | Keras 3 model call | tf_keras model | (b) extract "
@@ -204,10 +209,12 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
         subsets = user_subsets(data, out / "data", [base, 4 * base]) if data else \
             synthetic_subsets(out / "data", [base, 4 * base])
         warm_page_cache(subsets[4 * base])
+        say(f"{size} px: backbone alone on tensors (batch {', '.join(map(str, batch_sizes))}; Keras call and fused)")
         compute, fp32_features = compute_bound(size, max(64, 2 * base), list(batch_sizes))
-        (a, a_bs), (keras_call, keras_bs) = compute["frozen"], compute["keras"]
+        (a, a_bs), (keras_call, keras_bs) = compute["fused"], compute["keras"]
         classic_model = None
         if classic:
+            say(f"{size} px: tf_keras Xception alone on tensors")
             run = worker("classic_compute", subsets[base], size, out, n_images=max(64, 2 * base))
             classic_model = run["images"] / run["seconds"]
         bf16_e2e = size == max(sizes) and bf16_extract
@@ -230,6 +237,7 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
         checks.append(f"- peak RSS growth N → 4N at {size} px < 10%: {100 * growth:+.1f}% "
                       f"{verdict(growth < TARGETS['rss'])}")
         if size == sizes[0]:
+            say(f"{size} px: head swap (logreg, dense) on the {4 * base}-image cache")
             costs = head_swap(cache_file(out, size, subsets[4 * base]), out)
             share = costs["logreg"] / large["seconds"]
             swap_line = (f"Head swap on the {4 * base}-image {size} px cache: logreg {costs['logreg']:.2f} s, dense "
@@ -238,11 +246,12 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             checks.append(f"- logreg head swap < 5% of extraction: {100 * share:.1f}% "
                           f"{verdict(share < TARGETS['swap'])}")
         if size == max(sizes):
+            say(f"{size} px: bfloat16 backbone alone on tensors")
             bf16_compute, bf16_features = compute_bound(size, max(64, 2 * base), list(batch_sizes), "bfloat16")
             bf16, bf16_bs = max(bf16_compute.values())
             cos = (fp32_features * bf16_features).sum(1) / (
                 np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(bf16_features, axis=1))
-            bf16_line = (f"PRECISION=bfloat16 at {size} px (compute-bound, faster of model call and frozen graph): "
+            bf16_line = (f"PRECISION=bfloat16 at {size} px (compute-bound, the faster of model call and fused): "
                          f"{bf16:.1f} img/s (batch {bf16_bs}) against float32 {a:.1f} img/s: ×{bf16 / a:.2f}; "
                          f"feature cosine to float32 ≥ {cos.min():.5f}.")
             checks.append(f"- bfloat16 ≥ ×{TARGETS['bf16']} float32 at {size} px: ×{bf16 / a:.2f} "

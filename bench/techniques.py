@@ -22,35 +22,58 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 VARIANTS = {
-    "compute-b32": "backbone alone on one pre-decoded batch of 32 (the compute limit)",
-    "compute-b64": "backbone alone on one pre-decoded batch of 64",
+    "compute-b32": "backbone alone on one pre-decoded batch of 32, as extract runs it (fused batch norm)",
+    "compute-b64": "the same, batch 64",
+    "compute-keras-b32": "backbone alone, the plain Keras 3 call (batch norm as multiply and add passes)",
+    "compute-keras-b64": "the plain Keras 3 call, batch 64",
     "decode-only": "headswap's tf.data decode pipeline alone, no backbone",
     "decode-only-nodraft": "the same without DCT scaling (full-size JPEG decode, then bilinear)",
     "decode-only-tfjpeg": "TF-native decode: decode_jpeg(ratio=…) + resize(bilinear, antialias), no Python",
-    "embed-b32": "headswap's embed(), unfrozen (PIL draft decode, AUTOTUNE, batch 32)",
+    "embed-b32": "headswap's embed() (PIL draft decode, parallel map, fused batch norm, batch 32)",
     "embed-b64": "embed() with batch 64",
     "embed-b16": "embed() with batch 16",
+    "keras-b32": "embed() with the plain Keras 3 call",
     "nodraft-b32": "replica without DCT scaling",
     "par1-b32": "replica with num_parallel_calls=1 (decode on one thread)",
     "tfjpeg-b32": "replica with TF-native decode (decode_jpeg ratio), no numpy_function",
     "tfjpeg-b64": "TF-native decode, batch 64",
     "interop1-b32": "embed() with tf inter-op threads = 1",
     "bf16-b32": "embed() with a mixed_bfloat16 backbone",
-    "compute-frozen-b32": "backbone alone, frozen graph (FREEZE=yes: grappler folds BatchNorm)",
-    "compute-frozen-b64": "backbone alone, frozen graph, batch 64",
-    "frozen-b32": "embed() with the frozen backbone",
-    "frozen-b64": "embed() with the frozen backbone, batch 64",
-    "bf16-frozen-b64": "embed() with a frozen mixed_bfloat16 backbone, batch 64",
 }
 # End to end: the real extract_features (HDF5 included) in fresh processes, marginal rate N → 4N.
 EXTRACT_VARIANTS = {
-    "x-b32": "extract_features, FREEZE=no (BATCH=32)",
+    "x-b32": "extract_features (BATCH=32)",
     "x-b64": "extract_features, BATCH=64",
-    "x-frozen-b32": "extract_features with the frozen backbone",
-    "x-frozen-b64": "extract_features with the frozen backbone, BATCH=64",
+    "x-keras-b32": "extract_features with the plain Keras 3 call",
+    "x-autotune-b32": "extract_features with tf.data autotuning back on",
     "x-bf16-b32": "extract_features, PRECISION=bfloat16",
-    "x-bf16-frozen-b64": "extract_features, PRECISION=bfloat16, frozen backbone, BATCH=64",
 }
+
+
+def _plain_keras_call(model):
+    """The backbone without fused batch norm: how Keras 3 runs it on its own."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def _patch(kind: str) -> None:
+    """Change one knob of extract.pipeline for this process."""
+    import extract.pipeline as pipeline  # noqa: PLC0415
+
+    if "keras" in kind:
+        pipeline.backbone_function = _plain_keras_call
+    if "autotune" in kind:
+        import tensorflow as tf  # noqa: PLC0415
+
+        build = pipeline.image_dataset
+        options = tf.data.Options()
+        options.autotune.enabled = True
+
+        def image_dataset(*args, **kwargs):
+            return build(*args, **kwargs).with_options(options)
+
+        pipeline.image_dataset = image_dataset
 
 
 def _paths(data: Path) -> list[str]:
@@ -99,24 +122,25 @@ def run_variant(name: str, data: Path, size: int) -> dict:
     if name.startswith("interop1"):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from extract.backbones import backbone_function, build_backbone, get_backbone  # noqa: PLC0415
-    from extract.pipeline import embed  # noqa: PLC0415
+    from extract.pipeline import embed  # noqa: PLC0415  (after _patch: embed looks its helpers up at call time)
 
     paths = _paths(data)
     kind, _, b = name.rpartition("-b")
     batch = int(b) if b.isdigit() else 32
     kind = kind or name
-    model, infer, frozen = None, None, "frozen" in kind
+    _patch(kind)
+    model, infer = None, None
     if not kind.startswith("decode-only"):
         precision = "bfloat16" if kind.startswith("bf16") else "float32"
         model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0, precision=precision)
-        infer = backbone_function(model, freeze=frozen)
+        infer = _plain_keras_call(model) if "keras" in kind else backbone_function(model)
 
     if kind.startswith("compute"):
         x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
         batches = (x for _ in range(max(3, len(paths) // batch)))
         step = lambda imgs: infer(imgs).numpy()  # noqa: E731
-    elif kind in ("embed", "interop1", "bf16", "frozen", "bf16-frozen"):
-        batches = (f for _, f, _ in embed(paths, model, size, batch, freeze=frozen))
+    elif kind in ("embed", "interop1", "bf16", "keras"):
+        batches = (f for _, f, _ in embed(paths, model, size, batch))
         step = lambda feats: feats  # noqa: E731
     else:
         decoder = {"nodraft": "nodraft", "decode-only-nodraft": "nodraft", "tfjpeg": "tfjpeg",
@@ -139,14 +163,15 @@ def run_variant(name: str, data: Path, size: int) -> dict:
 
 
 def run_extract(name: str, data: Path, size: int, out: Path) -> dict:
-    """One real ``extract_features`` run (fresh process), FREEZE=yes for ``frozen`` variants, else no."""
+    """One real ``extract_features`` run (fresh process) with the variant's knob changed."""
+    kind, _, b = name.rpartition("-b")
+    _patch(kind)
     from extract.pipeline import extract_features  # noqa: PLC0415
 
-    kind, _, b = name.rpartition("-b")
     start = time.perf_counter()
     extract_features(data, out=out, size=size, weights="none", batch_size=int(b),
                      precision="bfloat16" if "bf16" in kind else "float32",
-                     freeze="yes" if "frozen" in kind else "no", overwrite=True, progress=False, log=lambda m: None)
+                     overwrite=True, progress=False, log=lambda m: None)
     return {"variant": name, "images": len(_paths(data)), "seconds": time.perf_counter() - start}
 
 
@@ -220,12 +245,13 @@ def main(argv: list[str] | None = None) -> None:
             extra = lg["seconds"] - sm["seconds"]
             best[name]["rate"] = (lg["images"] - sm["images"]) / extra if extra > 0 else float("nan")
     quality = _child(["--data", str(data), *common, "--one", "quality"]) or {}
-    ref = best.get("compute-b64", best.get("compute-b32", {})).get("rate")
+    ref_name = next((k for k in ("compute-b64", "compute-b32") if k in best), None)
+    ref = best[ref_name]["rate"] if ref_name else None
     lines = [f"Techniques at {args.size} px on {data} ({len(_paths(data))} images), best of {args.repeats} "
              "fresh-process runs. Steady rate: images after the first batch over the time after it (tracing and "
              "start-up excluded, no HDF5). x-* rows: the real extract_features, HDF5 included, marginal rate "
              f"between {args.data_small} and {data}.", "",
-             "| variant | what | img/s | ÷ compute-b64 | CPU ms/img |", "|---|---|---|---|---|"]
+             f"| variant | what | img/s | ÷ {ref_name or 'compute'} | CPU ms/img |", "|---|---|---|---|---|"]
     for name in names:
         if name in best:
             r = best[name]

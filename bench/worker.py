@@ -20,12 +20,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_extract(data: str, size: int, out: str, batch: int, precision: str, freeze: str) -> dict:
+def run_extract(data: str, size: int, out: str, batch: int, precision: str) -> dict:
     from extract import FeatureCache, extract_features
 
     start = time.perf_counter()
     result = extract_features(data, out=out, size=size, weights="none", batch_size=batch, precision=precision,
-                              freeze=freeze, overwrite=True, progress=False, log=lambda m: None)
+                              overwrite=True, progress=False, log=lambda m: None)
     seconds = time.perf_counter() - start
     with FeatureCache(result.path) as c:
         rows = c.n_rows
@@ -70,11 +70,10 @@ def main() -> None:
     p.add_argument("--out", default="bench_out/bench.h5")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", default="float32")
-    p.add_argument("--freeze", default="yes", help="FREEZE= for extract (the bench measures big-job rates: yes)")
     p.add_argument("--n", type=int, default=256, help="images for classic_compute")
     args = p.parse_args()
     if args.mode == "extract":
-        result = run_extract(args.data, args.size, args.out, args.batch, args.precision, args.freeze)
+        result = run_extract(args.data, args.size, args.out, args.batch, args.precision)
     elif args.mode == "classic_compute":
         result = run_classic_compute(args.size, args.batch, args.n)
     else:

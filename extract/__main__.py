@@ -34,9 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=0, help="augmented views per training image (plus the clean one)")
     p.add_argument("--devices", default=None,
                    help="comma-separated devices, one replica each (default: every visible GPU)")
-    p.add_argument("--freeze", default="auto", choices=["auto", "yes", "no"],
-                   help="run the backbone as one constant-folded graph (~10%% faster on CPU, ~3 s to build); "
-                        "auto: when the job is big enough to pay that back")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")
     p.add_argument("--no-progress", action="store_true")
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             val=args.val, seed=args.seed, batch_size=args.batch, id_col=args.id_col, label_col=args.label_col,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, overwrite=args.overwrite, flush_rows=args.flush_rows,
             augment=args.augment, rounds=args.rounds,
-            devices=args.devices.split(",") if args.devices else None, freeze=args.freeze,
+            devices=args.devices.split(",") if args.devices else None,
             progress=not args.no_progress,
         )
 

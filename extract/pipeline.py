@@ -16,7 +16,7 @@ import numpy as np
 
 from . import cache as cache_mod
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
-from .backbones import backbone_function, build_backbone, get_backbone, should_freeze, weights_identity
+from .backbones import backbone_function, build_backbone, fused_batch_norm, get_backbone, weights_identity
 from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
 
@@ -183,32 +183,37 @@ def image_dataset(
             img = tf.cond(rounds_t[i] > 0, lambda: augmenter(img, seeds_t[i]), lambda: img)
         return i, img, tf.ensure_shape(reason, ())
 
+    # No autotuning thread: at the end of a run it held up the iterator's destruction by up to 10 s (4 of 6
+    # 1,024-image runs here, TF 2.21), nearly doubling a 100 px extraction. Without it AUTOTUNE decodes on
+    # min(16, schedulable cores) threads, as fast as autotuned (`python -m bench.techniques`).
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return (
         tf.data.Dataset.range(n)
         .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(2)
+        .with_options(options)
     )
 
 
 def embed(
     paths: Sequence[str], model, size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-    strategy=None, freeze: bool = False, **augment_kw: Any,
+    strategy=None, **augment_kw: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
     """Yield (positions, features, reasons) per batch; ``reasons[i] == ''`` where decoding worked.
 
     Decoding overlaps the backbone's compute. ``features`` rows of failed images are meaningless
     and must be dropped by the caller. ``augment_kw`` goes to :func:`image_dataset`. With a
     ``strategy`` (see :func:`replica_strategy`) each batch is cut into one contiguous slice per
-    replica, run on all of them at once, and put back together in order. ``freeze`` runs the
-    backbone as one constant-folded graph (see :func:`extract.backbones.backbone_function`; single
-    device only: replicas run the Keras model).
+    replica, run on all of them at once, and put back together in order. Either way the backbone
+    is traced with :func:`extract.backbones.fused_batch_norm`.
     """
     import tensorflow as tf  # noqa: PLC0415
 
     ds = image_dataset(paths, size, batch_size, max_pixels, **augment_kw)
     if strategy is None:
-        infer = backbone_function(model, freeze)
+        infer = backbone_function(model)
     else:
         replicas = strategy.num_replicas_in_sync
         step = tf.function(lambda x: strategy.run(lambda t: model(t, training=False), args=(x,)),
@@ -218,7 +223,9 @@ def embed(
             bounds = np.linspace(0, int(imgs.shape[0]), replicas + 1).astype(int)
             sliced = strategy.experimental_distribute_values_from_function(
                 lambda ctx: imgs[bounds[ctx.replica_id_in_sync_group]:bounds[ctx.replica_id_in_sync_group + 1]])
-            return np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(sliced))])
+            with fused_batch_norm():  # applies when ``step`` is traced (first call, or a retrace)
+                results = strategy.experimental_local_results(step(sliced))
+            return np.concatenate([t.numpy() for t in results])
     for idx, imgs, reasons in ds:
         feats = np.asarray(infer(imgs))
         yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]
@@ -334,7 +341,6 @@ def extract_features(
     overwrite: bool = False,
     flush_rows: int = 1024,
     devices: Sequence[str] | None = None,
-    freeze: str | bool = "auto",
     progress: bool = True,
     log: Callable[[str], None] = _log,
 ) -> ExtractResult:
@@ -346,8 +352,6 @@ def extract_features(
     extracted). Rows are flushed every ``flush_rows`` rows. ``devices`` (default: every visible
     GPU) get one backbone replica each when there are several. ``augment`` (a preset or
     ``'key=value,...'``) with ``rounds=K`` adds K augmented views of every training image.
-    ``freeze`` (``"auto"``, ``"yes"``, ``"no"``) runs the backbone as one constant-folded graph:
-    about 10% faster on CPU for a one-off ~3 s; ``"auto"`` does it when the job is big enough.
     """
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
@@ -375,9 +379,6 @@ def extract_features(
         if strategy is not None:
             log(f"{strategy.num_replicas_in_sync} replicas: {', '.join(strategy.extended.worker_devices)}")
         model = load_backbone(config, strategy) if plan.views else None
-        frozen = strategy is None and bool(plan.views) and should_freeze(freeze, len(plan.views), config["size"])
-        if frozen:
-            log("freezing the backbone into one graph (BatchNorm folded into the convolutions)")
         feature_shape = (tuple(int(d) for d in model.output_shape[1:]) if model
                          else _old_feature_shape(plan.old) or cache_mod.parts_feature_shape(cache_mod.parts_dir(path)))
         if feature_shape is None:
@@ -385,8 +386,7 @@ def extract_features(
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
         compute_start = time.perf_counter()
         skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
-                                      max_pixels=max_pixels, progress=progress, strategy=strategy,
-                                      freeze=frozen)
+                                      max_pixels=max_pixels, progress=progress, strategy=strategy)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
         throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
         rows = _assemble_or_explain(
@@ -438,7 +438,6 @@ def run_extraction(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     strategy=None,
-    freeze: bool = False,
 ) -> list[str]:
     """Feed every view through ``model`` into ``writer``; record each failure with its reason.
 
@@ -455,7 +454,7 @@ def run_extraction(
                    seeds=np.stack([view_seed(seed, v.item.relpath, v.round) for v in views]))
     try:
         for idx, feats, reasons in embed([v.item.abspath for v in views], model, config["size"], batch_size,
-                                         max_pixels, strategy=strategy, freeze=freeze, **augment):
+                                         max_pixels, strategy=strategy, **augment):
             batch = [views[i] for i in idx]
             ok = [k for k, r in enumerate(reasons) if not r]
             for k, r in enumerate(reasons):

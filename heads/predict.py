@@ -31,14 +31,12 @@ def _image_paths(images: Path) -> list[Path]:
 
 def _embed_with(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
     """Features (n, *feature_shape) of the backbone ``config`` describes, and per image '' or why it failed."""
-    from extract.backbones import should_freeze  # noqa: PLC0415
     from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
 
     model = load_backbone(config)
     feats = np.zeros((len(paths), *model.output_shape[1:]), np.float32)
     errors = [""] * len(paths)
-    freeze = should_freeze("auto", len(paths), config["size"])  # a big test set gets the faster graph
-    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size, freeze=freeze):
+    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size):
         # Round through the cache dtype so the head sees exactly what it was trained on.
         feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
         for k, r in zip(idx, reasons):

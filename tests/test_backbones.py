@@ -118,8 +118,8 @@ def recorded_download(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights_file(name, recorded_download):
     """One build per network at the minimum Keras accepts, through Keras's own ImageNet path: the weights file
-    and URL Keras asks for are the entry's, the width is the entry's, and the wrapper equals Keras's preprocess
-    then the bare network."""
+    and URL Keras asks for are the entry's, the width is the entry's, the wrapper equals Keras's preprocess
+    then the bare network, and so does the graph extract traces."""
     import keras
 
     spec = get_backbone(name)
@@ -137,6 +137,9 @@ def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights
     direct = np.asarray(net(keras_pre(x.copy()), training=False))
     assert got.shape == (2, spec.feature_width) and np.isfinite(got).all()
     np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
+    # traced as extract runs it (fused batch norm): the same features
+    fused = np.asarray(bb.backbone_function(model)(x))
+    np.testing.assert_allclose(fused, got, rtol=1e-4, atol=1e-5 * np.abs(got).max())
 
     # in-model families rescale 0-255 pixels in their first layers; the others must not (we do it outside)
     first = [type(layer).__name__ for layer in net.layers[1:4]]

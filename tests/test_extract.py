@@ -57,26 +57,31 @@ def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
     _check_against_direct_output(folder_data, folder_cache)
 
 
-def test_frozen_backbone_gives_the_direct_output_too(folder_data, folder_cache, tmp_path):
-    logs = []
-    result = extract_features(folder_data, out=tmp_path / "frozen.h5", size=SIZE, weights="none", dtype="float32",
-                              batch_size=8, freeze="yes", progress=False, log=logs.append)
-    assert any(line.startswith("freezing the backbone") for line in logs)
-    _check_against_direct_output(folder_data, result.path)
-    with FeatureCache(result.path) as frozen, FeatureCache(folder_cache) as plain:
-        assert frozen.config == plain.config  # the same features, so the same cache config
-        np.testing.assert_allclose(frozen.features(), plain.features(), atol=1e-6, rtol=1e-4)
+def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
+    """The traced graph uses TensorFlow's fused kernel (Keras 3 alone emits multiply/add passes); the
+    features equal the plain Keras call; outside the traced graph Keras is untouched."""
+    import keras
+    import tensorflow as tf
 
+    from extract.backbones import backbone_function
 
-def test_freeze_auto_waits_for_a_job_big_enough_to_pay_for_it():
-    from extract.backbones import FREEZE_MIN_PIXELS, should_freeze
+    model = build_backbone(get_backbone("xception"), SIZE, "avg", "none", seed=0)
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    fused = backbone_function(model)
+    plain = tf.function(lambda t: model(t, training=False)).get_concrete_function(
+        tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32))
 
-    assert not should_freeze("auto", 100, 299) and should_freeze("auto", 1000, 299)
-    assert not should_freeze("auto", 3000, 100) and should_freeze("auto", 3300, 100)
-    assert should_freeze("auto", FREEZE_MIN_PIXELS, 1)
-    assert should_freeze("yes", 1, 71) and not should_freeze("no", 10**9, 299)
-    with pytest.raises(ValueError, match="FREEZE='maybe' is not one of auto, yes, no"):
-        should_freeze("maybe", 1, 71)
+    def op_types(fn):
+        types = [op.type for op in fn.graph.get_operations()]
+        for f in fn.graph.as_graph_def().library.function:
+            types += [node.op for node in f.node_def]
+        return types
+
+    assert op_types(fused).count("FusedBatchNormV3") == 40  # Xception's 40 BatchNormalization layers
+    assert "FusedBatchNormV3" not in op_types(plain)
+    got, want = fused(tf.constant(x)).numpy(), plain(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert keras.src.backend.nn.batch_normalization.__module__ == "keras.src.backend.tensorflow.nn"
 
 
 def test_kaggle_layout_labels_match_the_csv(tmp_path):
