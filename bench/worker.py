@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -62,6 +63,15 @@ def run_classic_compute(size: int, batch: int, n_images: int) -> dict:
     return {"images": steps * batch, "seconds": time.perf_counter() - start}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ``getrusage``: on Linux its ``ru_maxrss`` survives ``exec``, so a
+    worker would report its parent's peak when that is larger. ``VmHWM`` belongs to the new address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: an upper bound
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["extract", "classic", "classic_compute"])
@@ -78,7 +88,7 @@ def main() -> None:
         result = run_classic_compute(args.size, args.batch, args.n)
     else:
         result = run_classic(args.data, args.size, args.batch)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

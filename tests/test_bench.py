@@ -45,3 +45,22 @@ def test_cpu_meter_counts_other_load_not_the_benchs_own(monkeypatch):
     summary = run.CpuMeter().summary()
     assert "other processes 25.0%, hypervisor steal 5.0% of 2 cores" in summary  # 5 s and 1 s of 20 core-seconds
     assert "NOT quiet" in summary
+
+
+def test_worker_peak_rss_is_its_own_not_its_parents():
+    """A 300 MB parent starts a worker: getrusage's ru_maxrss survives exec (reports ≥ 300 MB); the bench's
+    measure must not."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    child = ("import json, resource\nfrom bench.worker import peak_rss_mb\n"
+             "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_rss_mb()]))")
+    parent = ("import subprocess, sys\nbig = bytearray(300 * 2**20)\nbig[::4096] = b'x' * len(big[::4096])\n"
+              f"sys.stdout.write(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True,"
+              " check=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    inherited, own = json.loads(out.stdout)
+    assert inherited >= 300 and own < 150
