@@ -29,9 +29,12 @@ def assert_self_contained(page: str) -> None:
     assert 'src="http' not in page and "src='http" not in page and "file:" not in page
     assert "<link" not in page and "<script" not in page and "url(" not in page
     assert _srcs(page), "the report should embed pictures"
-    for src in _srcs(page):
-        assert src.startswith("data:image/png;base64,")
-        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()  # a real PNG
+    for src in _srcs(page):  # plots as PNG, thumbnails of photos as JPEG: each a real image of its type
+        mime = re.match(r"data:image/(png|jpeg);base64,", src)
+        assert mime, src[:40]
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert img.format == mime.group(1).upper()
+        img.verify()
 
 
 def _cards(page: str) -> list[str]:
