@@ -31,6 +31,7 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     for target in ("b/a at 71 px", "peak RSS growth", "logreg head swap", "bfloat16 ≥"):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
+    assert re.search(r"- 71 px: extract N=4: \d+\.\d; extract N=16: \d+\.\d", report)  # every run listed
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
 
 
