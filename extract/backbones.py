@@ -328,15 +328,19 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
 
 @contextlib.contextmanager
 def fused_batch_norm() -> Iterator[bool]:
-    """While active, Keras 3 computes inference-mode batch normalization of 4-D float32 tensors with
-    TensorFlow's fused kernel; yields whether it could (False if Keras's internals have moved).
+    """While active, Keras 3 computes batch normalization of 4-D float32 tensors with TensorFlow's fused
+    inference kernel; yields whether it could (False if Keras's internals have moved).
 
     Keras 3 runs BatchNormalization as separate multiply and add passes over every activation. Keras 2
     called ``fused_batch_norm``, one op that TensorFlow's graph optimiser also folds into the convolution
-    before it; on this project's 2-core CPU that is ~10% more images/s for Xception, at no memory cost
-    (``make bench``). Only graphs traced inside the block are affected; the maths is the same, the
-    features agree with the plain Keras call to float rounding (``tests/test_backbones.py``, every
-    backbone). Other ranks, dtypes (mixed precision) and layers without scale or offset are left to Keras.
+    before it; on this project's 2-core CPU that is 5-9% more images/s for Xception, at no memory cost
+    (``make bench``). Keras casts mixed-precision inputs to float32 for batch normalization, so bfloat16
+    and float16 backbones take it too. The maths is the same: features agree with the plain Keras call
+    to float rounding (``tests/test_backbones.py``, every backbone, with random batch-norm statistics).
+
+    For tracing inference graphs only (the fused inference kernel passes no gradient to the mean and
+    variance), and not thread-safe: it swaps a Keras module attribute. Use it inside the traced Python
+    function, as :func:`backbone_function` does, so it is active while tracing and never at run time.
     """
     import tensorflow as tf  # noqa: PLC0415
 
@@ -349,8 +353,10 @@ def fused_batch_norm() -> Iterator[bool]:
         return
 
     def batch_normalization(x, mean, variance, axis, offset=None, scale=None, epsilon=1e-3):
-        if (len(x.shape) == 4 and axis in (-1, 3) and offset is not None and scale is not None
-                and all(t.dtype == tf.float32 for t in (x, mean, variance, offset, scale))):
+        if (len(x.shape) == 4 and axis in (-1, 3)
+                and all(t.dtype == tf.float32 for t in (x, mean, variance, offset, scale) if t is not None)):
+            scale = tf.ones_like(variance) if scale is None else scale  # e.g. InceptionV3: scale=False
+            offset = tf.zeros_like(mean) if offset is None else offset
             return tf.compat.v1.nn.fused_batch_norm(x, scale, offset, mean=mean, variance=variance,
                                                     epsilon=epsilon, is_training=False)[0]
         return original(x, mean, variance, axis, offset, scale, epsilon)
@@ -362,13 +368,25 @@ def fused_batch_norm() -> Iterator[bool]:
         backend.nn.batch_normalization = original
 
 
+def inference_call(model):
+    """``model(x, training=False)`` for a ``tf.function`` body: traced with :func:`fused_batch_norm`."""
+
+    def call(x):
+        with fused_batch_norm():  # runs while tracing only: a traced function does not re-run Python
+            return model(x, training=False)
+
+    return call
+
+
 def backbone_function(model):
     """The backbone as one traced TensorFlow graph: float32 images (b, s, s, 3) → float32 features.
 
-    Traced once for any batch size, with :func:`fused_batch_norm`.
+    Traced once for any batch size (see :func:`inference_call`). The graph holds the model's variables
+    weakly, so the result keeps a reference to ``model``.
     """
     import tensorflow as tf  # noqa: PLC0415
 
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    with fused_batch_norm():
-        return tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    concrete = tf.function(inference_call(model)).get_concrete_function(spec)
+    concrete.headswap_model = model  # keep the variables alive as long as the function
+    return concrete

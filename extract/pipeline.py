@@ -16,7 +16,7 @@ import numpy as np
 
 from . import cache as cache_mod
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
-from .backbones import backbone_function, build_backbone, fused_batch_norm, get_backbone, weights_identity
+from .backbones import backbone_function, build_backbone, get_backbone, inference_call, weights_identity
 from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
 
@@ -207,7 +207,7 @@ def embed(
     and must be dropped by the caller. ``augment_kw`` goes to :func:`image_dataset`. With a
     ``strategy`` (see :func:`replica_strategy`) each batch is cut into one contiguous slice per
     replica, run on all of them at once, and put back together in order. Either way the backbone
-    is traced with :func:`extract.backbones.fused_batch_norm`.
+    is traced with fused batch normalization (:func:`extract.backbones.inference_call`).
     """
     import tensorflow as tf  # noqa: PLC0415
 
@@ -216,16 +216,14 @@ def embed(
         infer = backbone_function(model)
     else:
         replicas = strategy.num_replicas_in_sync
-        step = tf.function(lambda x: strategy.run(lambda t: model(t, training=False), args=(x,)),
-                           reduce_retracing=True)
+        replica_call = inference_call(model)
+        step = tf.function(lambda x: strategy.run(replica_call, args=(x,)), reduce_retracing=True)
 
         def infer(imgs):
             bounds = np.linspace(0, int(imgs.shape[0]), replicas + 1).astype(int)
             sliced = strategy.experimental_distribute_values_from_function(
                 lambda ctx: imgs[bounds[ctx.replica_id_in_sync_group]:bounds[ctx.replica_id_in_sync_group + 1]])
-            with fused_batch_norm():  # applies when ``step`` is traced (first call, or a retrace)
-                results = strategy.experimental_local_results(step(sliced))
-            return np.concatenate([t.numpy() for t in results])
+            return np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(sliced))])
     for idx, imgs, reasons in ds:
         feats = np.asarray(infer(imgs))
         yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]

@@ -57,6 +57,26 @@ def write_kaggle(root: Path, per_class: int = 6, seed: int = 1) -> tuple[Path, P
     return images, csv
 
 
+def randomize_batch_norm(model, seed: int = 0) -> int:
+    """Give every BatchNormalization layer random statistics, scale and offset (variance kept positive), so a
+    comparison would catch swapped arguments: untrained layers (mean 0, variance 1, scale 1, offset 0) would
+    not. Returns how many layers it changed."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        for var in layer.weights:
+            shape = tuple(var.shape)
+            if "variance" in var.path:
+                var.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+            elif "gamma" in var.path:
+                var.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+            else:  # beta, moving_mean
+                var.assign(rng.normal(0.0, 0.5, shape).astype("float32"))
+    return len(layers)
+
+
 @pytest.fixture(scope="session")
 def folder_data(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("folders") / "shapes")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import randomize_batch_norm
 
 from extract import FeatureCache, WeightsUnavailableError, extract_features, list_backbones
 from extract import backbones as bb
@@ -130,6 +131,7 @@ def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights
     assert recorded_download == [(spec.weights_file_for(spec.min_size), spec.weights_url())]
     assert model.output_shape == (None, spec.feature_width)
 
+    randomize_batch_norm(model)  # trained-looking statistics: the fused path must use each one in its place
     x = _pixels(2, spec.min_size)
     got = np.asarray(model(x, training=False))
     (net,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
@@ -137,9 +139,13 @@ def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights
     direct = np.asarray(net(keras_pre(x.copy()), training=False))
     assert got.shape == (2, spec.feature_width) and np.isfinite(got).all()
     np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
-    # traced as extract runs it (fused batch norm): the same features
+    # traced as extract runs it (fused batch norm): the same features, up to rounding that a deep network with
+    # random batch-norm statistics amplifies (EfficientNetV2S: 4e-5 of the largest feature; a swapped
+    # argument would be off by the order of the features themselves)
     fused = np.asarray(bb.backbone_function(model)(x))
-    np.testing.assert_allclose(fused, got, rtol=1e-4, atol=1e-5 * np.abs(got).max())
+    np.testing.assert_allclose(fused, got, rtol=1e-3, atol=1e-4 * np.abs(got).max())
+    cosine = (fused * got).sum(1) / np.linalg.norm(fused, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > 0.999999
 
     # in-model families rescale 0-255 pixels in their first layers; the others must not (we do it outside)
     first = [type(layer).__name__ for layer in net.layers[1:4]]

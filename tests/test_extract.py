@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CLASSES, SIZE, draw, write_class_folders, write_kaggle
+from conftest import CLASSES, SIZE, draw, randomize_batch_norm, write_class_folders, write_kaggle
 from PIL import Image
 
 from extract import CacheError, DataError, FeatureCache, discover, extract_features
@@ -59,13 +59,14 @@ def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
 
 def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
     """The traced graph uses TensorFlow's fused kernel (Keras 3 alone emits multiply/add passes); the
-    features equal the plain Keras call; outside the traced graph Keras is untouched."""
+    features equal the plain Keras call with trained-looking batch-norm statistics; Keras is left untouched."""
     import keras
     import tensorflow as tf
 
     from extract.backbones import backbone_function
 
     model = build_backbone(get_backbone("xception"), SIZE, "avg", "none", seed=0)
+    assert randomize_batch_norm(model) == 40  # Xception's BatchNormalization layers
     x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
     fused = backbone_function(model)
     plain = tf.function(lambda t: model(t, training=False)).get_concrete_function(
@@ -77,11 +78,21 @@ def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
             types += [node.op for node in f.node_def]
         return types
 
-    assert op_types(fused).count("FusedBatchNormV3") == 40  # Xception's 40 BatchNormalization layers
+    assert op_types(fused).count("FusedBatchNormV3") == 40
     assert "FusedBatchNormV3" not in op_types(plain)
     got, want = fused(tf.constant(x)).numpy(), plain(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     assert keras.src.backend.nn.batch_normalization.__module__ == "keras.src.backend.tensorflow.nn"
+
+
+def test_extraction_runs_the_fused_backbone(folder_data, tmp_path, monkeypatch):
+    import extract.pipeline as pipeline
+
+    calls = []
+    real = pipeline.backbone_function
+    monkeypatch.setattr(pipeline, "backbone_function", lambda model: calls.append(model) or real(model))
+    extract_features(folder_data, out=tmp_path / "c.h5", size=SIZE, weights="none", batch_size=8, **QUIET)
+    assert len(calls) == 1
 
 
 def test_kaggle_layout_labels_match_the_csv(tmp_path):
