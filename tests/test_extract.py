@@ -32,14 +32,14 @@ def test_folder_cache_holds_exactly_the_images_with_their_labels(folder_data, fo
         assert c.skipped() == []
 
 
-def _check_against_direct_output(folder_data, cache):
+def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
     """Decode independently with PIL, run the Keras model directly, compare to the cache."""
     import keras
 
     spec = get_backbone("xception")
     keras.utils.set_random_seed(0)
     net = keras.applications.Xception(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg")
-    with FeatureCache(cache) as c:
+    with FeatureCache(folder_cache) as c:
         paths = list(c.column("path"))
         cached = c.features()
     picks = [0, len(paths) // 2, len(paths) - 1]
@@ -51,10 +51,6 @@ def _check_against_direct_output(folder_data, cache):
     direct = net.predict(keras.applications.xception.preprocess_input(batch), verbose=0)
     assert spec.feature_width == direct.shape[1]
     np.testing.assert_allclose(cached[picks], direct, atol=1e-5, rtol=1e-4)
-
-
-def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
-    _check_against_direct_output(folder_data, folder_cache)
 
 
 def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
