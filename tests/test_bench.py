@@ -18,7 +18,7 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| 71 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "4, 16"
-    # Compute-bound rates of the frozen graph and the Keras model call; classic not run here.
+    # Compute-bound rates as extract runs the backbone (fused) and as the plain Keras call; classic not run here.
     assert float(cells[2].split()[0]) > 0 and float(cells[3].split()[0]) > 0
     assert cells[4] == cells[6] == cells[9] == "n/a"
     # With 4 and 16 images the marginal rate is within noise: a positive rate, or n/a, never a made-up number.
