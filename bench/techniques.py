@@ -3,8 +3,9 @@
 Every variant feeds the same images through the same random-weight Xception and reports its steady
 rate (images after the first batch over the time after it: tracing and pipeline start-up excluded)
 and the CPU time the whole process spent per image. ``embed*`` variants run headswap's own
-:func:`extract.pipeline.embed`; the others are replicas of its tf.data pipeline with one knob changed.
-HDF5 writing is left out on purpose (it is measured at about 0.2% of extraction time).
+:func:`extract.pipeline.embed`; the others are replicas of its tf.data pipeline with one knob changed;
+none of them writes HDF5 (about 0.2% of extraction time). ``x-*`` variants run the real
+``extract_features`` (HDF5 included) and report the marginal rate between ``--data-small`` and ``--data``.
 """
 
 from __future__ import annotations
