@@ -90,6 +90,7 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: s
     """
     import tensorflow as tf
 
+    from bench.worker import steady_seconds
     from extract.backbones import backbone_function, build_backbone, get_backbone
 
     model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0, precision=precision)
@@ -100,11 +101,7 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: s
         batch = tf.constant(x[:bs])
         steps = max(2, n_images // bs)
         for form, infer in forms.items():
-            infer(batch).numpy()  # trace and warm up
-            start = time.perf_counter()
-            for _ in range(steps):
-                infer(batch).numpy()
-            rate = steps * bs / (time.perf_counter() - start)
+            rate = steps * bs / steady_seconds(infer, batch, steps)
             if rate > best[form][0]:
                 best[form] = (rate, bs)
     return best, forms["fused"](tf.constant(x[:8])).numpy()
@@ -123,10 +120,10 @@ def worker(mode: str, data: Path, size: int, out: Path, batch: int = 32, precisi
     cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
            "--out", str(cache_file(out, size, data, precision)), "--batch", str(batch), "--precision", precision,
            "--n", str(n_images)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def warm_page_cache(folder: Path) -> None:

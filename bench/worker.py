@@ -54,13 +54,18 @@ def run_classic_compute(size: int, batch: int, n_images: int) -> dict:
 
     model = xception.Xception(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
-    infer = tf.function(lambda t: model(t, training=False))
-    infer(x).numpy()  # trace and warm up
     steps = max(2, n_images // batch)
+    return {"images": steps * batch, "seconds": steady_seconds(tf.function(lambda t: model(t, training=False)), x,
+                                                               steps)}
+
+
+def steady_seconds(infer, batch, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``infer`` on ``batch``, after one call that traces and warms up."""
+    infer(batch).numpy()
     start = time.perf_counter()
     for _ in range(steps):
-        infer(x).numpy()
-    return {"images": steps * batch, "seconds": time.perf_counter() - start}
+        infer(batch).numpy()
+    return time.perf_counter() - start
 
 
 def peak_rss_mb() -> float:

@@ -325,11 +325,10 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
     return keras.Model(inputs, outputs, name=f"{spec.name}_{size}_{pooling}")
 
 
-
 @contextlib.contextmanager
-def fused_batch_norm() -> Iterator[bool]:
+def fused_batch_norm() -> Iterator[None]:
     """While active, Keras 3 computes batch normalization of 4-D float32 tensors with TensorFlow's fused
-    inference kernel; yields whether it could (False if Keras's internals have moved).
+    inference kernel (a no-op if Keras's internals have moved).
 
     Keras 3 runs BatchNormalization as separate multiply and add passes over every activation. Keras 2
     called ``fused_batch_norm``, one op that TensorFlow's graph optimiser also folds into the convolution
@@ -349,7 +348,7 @@ def fused_batch_norm() -> Iterator[bool]:
 
         original = backend.nn.batch_normalization
     except (ImportError, AttributeError):
-        yield False
+        yield
         return
 
     def batch_normalization(x, mean, variance, axis, offset=None, scale=None, epsilon=1e-3):
@@ -363,7 +362,7 @@ def fused_batch_norm() -> Iterator[bool]:
 
     backend.nn.batch_normalization = batch_normalization
     try:
-        yield True
+        yield
     finally:
         backend.nn.batch_normalization = original
 
