@@ -136,13 +136,23 @@ def replica_strategy(devices: Sequence[str] | None = None):
     """One replica per device: every visible GPU by default (memory growth on), else ``None`` (one device).
 
     ``devices`` names them explicitly, e.g. ``["/gpu:0", "/gpu:1"]`` (or two logical CPUs in tests).
+    On a machine without GPUs (and no ``devices``), TensorFlow gets one inter-op thread, see below.
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # the runtime is initialised already; growth was decided then
+            pass
+    if devices is None and not gpus and "TF_NUM_INTEROP_THREADS" not in os.environ:
+        # One backbone on the CPU: its ops use every core already (intra-op threads), and running two large
+        # ops at once only adds a live activation: at 299 px half the runs peaked ~350 MB higher (`make bench`,
+        # README). Replicas on several devices do need parallel branches, so they keep TensorFlow's default.
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # the runtime is initialised already (a notebook, a test): its setting stays
             pass
     if devices is None:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]

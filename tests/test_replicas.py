@@ -26,7 +26,8 @@ logs = []
 kw = dict(size=71, weights="none", dtype="float32", batch_size=5, progress=False, log=logs.append)
 two = extract_features(sys.argv[1], out=sys.argv[2], devices=["/cpu:0", "/cpu:1"], **kw)
 one = extract_features(sys.argv[1], out=sys.argv[3], **kw)
-print(json.dumps({"logs": logs, "rows": [two.rows, one.rows]}))
+print(json.dumps({"logs": logs, "rows": [two.rows, one.rows],
+                  "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}))
 """
 
 
@@ -39,6 +40,30 @@ def test_two_replicas_give_the_same_cache_as_one_device(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert any(line.startswith("2 replicas: ") and "CPU:0" in line and "CPU:1" in line for line in result["logs"])
     assert result["rows"] == [12, 12]
+    assert result["inter_op"] == 0  # replicas run as parallel branches: TensorFlow's default pool stays
     with FeatureCache(two) as a, FeatureCache(one) as b:
         assert list(a.column("path")) == list(b.column("path"))
         np.testing.assert_allclose(a.features(), b.features(), atol=1e-5, rtol=1e-4)
+
+
+ONE_DEVICE = """
+import json, sys
+import tensorflow as tf
+from extract import extract_features
+extract_features(sys.argv[1], out=sys.argv[2], size=71, weights="none", batch_size=5, progress=False,
+                 log=lambda m: None)
+print(json.dumps(tf.config.threading.get_inter_op_parallelism_threads()))
+"""
+
+
+def test_one_cpu_device_runs_one_op_at_a_time_unless_the_user_set_it(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    got = {}
+    for name, extra in {"default": {}, "user": {"TF_NUM_INTEROP_THREADS": "2"}}.items():
+        env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTEROP_THREADS"}
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **extra)
+        out = subprocess.run([sys.executable, "-c", ONE_DEVICE, str(data), str(tmp_path / name / "c.h5")],
+                             cwd=REPO, text=True, capture_output=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"default": 1, "user": 0}  # 0: TensorFlow's own choice, here from the user's variable
