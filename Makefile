@@ -26,7 +26,7 @@ DTYPE ?= float16
 PRECISION ?= float32
 VAL ?= 0.2
 SEED ?= 0
-BATCH ?= 32
+BATCH ?=
 
 # `$(call opt,VAR,--flag)` passes --flag "$(VAR)" only when VAR is set.
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
@@ -56,7 +56,7 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	$(PY) -m extract --data "$(DATA)" $(call opt,LABELS,--labels) $(call opt,TEST,--test) \
 	  $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) $(call opt,OUT,--out) \
 	  --backbone "$(BACKBONE)" $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
-	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" \
+	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) \
 	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
 	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices) \
 	  $(call opt,FLUSH_ROWS,--flush-rows)
@@ -81,7 +81,7 @@ compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
 	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
-	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" --batch "$(BATCH)" $(call opt,OUT,--out)
+	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) $(call opt,OUT,--out)
 
 predict: $(STAMP) ## classify images: RUN=<run dir> IMAGES=<file or dir> [OUT=<csv>] [SUBMISSION=1]
 	@test -n "$(RUN)" -a -n "$(IMAGES)" || { echo "error: set RUN=<run dir> and IMAGES=<file or folder>"; exit 2; }

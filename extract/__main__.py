@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="float32")
     p.add_argument("--val", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per backbone call (default: 64 up to 160 px, else 32; features do not change)")
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--augment", default="none",
                    help="none | tutorial | epiuse | 'rotation=0.1,zoom=0.2,flip=horizontal'")

@@ -54,6 +54,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def default_batch_size(size: int) -> int:
+    """Images per backbone call when ``BATCH`` is not given: 64 up to 160 px, else 32.
+
+    Batch size never changes the features. Small inputs make small activations, and each call reorders every
+    convolution's weights for oneDNN once: at 100 px, 64 images per call extract ~4% faster than 32 (`make bench`,
+    2 CPU cores) for ~0.3 GB more. At 299 px, 64 gains ~1.5% for 1.4 GB more, so larger inputs keep 32.
+    """
+    return 64 if size <= 160 else 32
+
+
 def make_config(
     *, backbone: str, size: int | None, pooling: str, weights: str, dtype: str, precision: str,
     seed: int, val: float, augment: str | None = "none", rounds: int = 0,
@@ -340,7 +350,7 @@ def extract_features(
     precision: str = "float32",
     val: float = 0.2,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     id_col: str | None = None,
     label_col: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -357,15 +367,19 @@ def extract_features(
     Returns an :class:`ExtractResult` whose ``path`` is the cache file. A complete cache with the
     same config and data is reused without work (``up_to_date=True``); an interrupted run is
     resumed; a changed data set is updated incrementally (only added or modified images are
-    extracted). Rows are flushed every ``flush_rows`` rows. ``devices`` (default: every visible
+    extracted). ``batch_size`` defaults to :func:`default_batch_size` of the input size. Rows are
+    flushed every ``flush_rows`` rows. ``devices`` (default: every visible
     GPU) get one backbone replica each when there are several. ``augment`` (a preset or
     ``'key=value,...'``) with ``rounds=K`` adds K augmented views of every training image.
     """
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"BATCH={batch_size} must be at least 1 image per backbone call (or leave it unset)")
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
         log(f"note: {note}")
     config = make_config(backbone=backbone, size=size, pooling=pooling, weights=weights, dtype=dtype,
                          precision=precision, seed=seed, val=val, augment=augment, rounds=rounds)
+    batch_size = int(batch_size) if batch_size is not None else default_batch_size(config["size"])
     path = Path(out) if out is not None else cache_mod.default_path(found.name, config, cache_dir)
     fingerprint = found.fingerprint()
     with cache_mod.CacheLock(path) as lock:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     b.add_argument("--val", type=float, default=0.2)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--batch", type=int, default=None, help="images per backbone call (default: extract's)")
     b.add_argument("--cache-dir", default="features_cache")
     b.add_argument("--out", type=none_or_str, help="folder for compare_backbones.md/.png and the runs")
     b.add_argument("--no-progress", action="store_true")

@@ -81,14 +81,19 @@ def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
     assert keras.src.backend.nn.batch_normalization.__module__ == "keras.src.backend.tensorflow.nn"
 
 
-def test_extraction_runs_the_fused_backbone(folder_data, tmp_path, monkeypatch):
+def test_extraction_runs_the_fused_backbone_at_the_default_batch_for_its_size(folder_data, tmp_path, monkeypatch):
     import extract.pipeline as pipeline
 
-    calls = []
-    real = pipeline.backbone_function
+    calls, batches = [], []
+    real, real_dataset = pipeline.backbone_function, pipeline.image_dataset
     monkeypatch.setattr(pipeline, "backbone_function", lambda model: calls.append(model) or real(model))
-    extract_features(folder_data, out=tmp_path / "c.h5", size=SIZE, weights="none", batch_size=8, **QUIET)
+    monkeypatch.setattr(pipeline, "image_dataset",
+                        lambda paths, size, batch_size, *a, **kw: batches.append(batch_size)
+                        or real_dataset(paths, size, batch_size, *a, **kw))
+    extract_features(folder_data, out=tmp_path / "c.h5", size=SIZE, weights="none", **QUIET)
     assert len(calls) == 1
+    assert batches == [64]  # SIZE=71: small activations, larger batches
+    assert (pipeline.default_batch_size(160), pipeline.default_batch_size(299)) == (64, 32)
 
 
 def test_kaggle_layout_labels_match_the_csv(tmp_path):
@@ -269,6 +274,8 @@ def test_bad_settings_are_named(folder_data, tmp_path):
         extract_features(folder_data, out=tmp_path / "a.h5", size=SIZE, weights="none", pooling="sum", **QUIET)
     with pytest.raises(ValueError, match="unknown BACKBONE='alexnet'; choose one of: .*xception"):
         extract_features(folder_data, out=tmp_path / "a.h5", backbone="alexnet", weights="none", **QUIET)
+    with pytest.raises(ValueError, match="BATCH=0 must be at least 1 image per backbone call"):
+        extract_features(folder_data, out=tmp_path / "a.h5", size=SIZE, weights="none", batch_size=0, **QUIET)
 
 
 def test_throughput_is_recorded(folder_cache):
