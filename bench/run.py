@@ -111,15 +111,15 @@ def cache_file(out: Path, size: int, data: Path, precision: str = "float32") -> 
     return out / f"bench-{size}-{data.name}{'' if precision == 'float32' else '-' + precision}.h5"
 
 
-def worker(mode: str, data: Path, size: int, out: Path, batch: int = 32, precision: str = "float32",
+def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None, precision: str = "float32",
            n_images: int = 256) -> dict:
     """One run in a fresh process; mode ``extract``, ``extract-bfloat16`` (PRECISION=), ``classic`` or
-    ``classic_compute``."""
+    ``classic_compute``. ``batch=None``: extract's default BATCH, and 32 for the classic modes."""
     mode, _, mode_precision = mode.partition("-")
     precision = mode_precision or precision
     cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
-           "--out", str(cache_file(out, size, data, precision)), "--batch", str(batch), "--precision", precision,
-           "--n", str(n_images)]
+           "--out", str(cache_file(out, size, data, precision)), "--precision", precision,
+           "--n", str(n_images), *(["--batch", str(batch)] if batch else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -196,7 +196,8 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
     n = n or {100: 256, 299: 64}
     classic = importlib.util.find_spec("tf_keras") is not None if classic is None else classic
     lines = [f"# headswap bench\n\nMachine: {machine()}.", "Backbone: Xception, random weights (the same compute "
-             "as ImageNet weights), POOLING=avg, DTYPE=float16, BATCH=32. Each extract/classic figure is the fastest "
+             "as ImageNet weights), POOLING=avg, DTYPE=float16, extract's default BATCH (64 up to 160 px, else 32; "
+             "the classic loop: 32, ImageDataGenerator's default). Each extract/classic figure is the fastest "
              f"of {repeats} interleaved runs in fresh processes, page cache warm; peak RSS is the largest of them.",
              "Input: " + (f"DATA={data}" if data else "generated 500×375 JPEGs (quality 90)") + ".\n",
              "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (fused batch norm), at its "

@@ -45,6 +45,7 @@ VARIANTS = {
 EXTRACT_VARIANTS = {
     "x-b32": "extract_features (BATCH=32)",
     "x-b64": "extract_features, BATCH=64",
+    "x-b128": "extract_features, BATCH=128",
     "x-keras-b32": "extract_features with the plain Keras 3 call",
     "x-autotune-b32": "extract_features with tf.data autotuning back on",
     "x-bf16-b32": "extract_features, PRECISION=bfloat16",

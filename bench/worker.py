@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_extract(data: str, size: int, out: str, batch: int, precision: str) -> dict:
+def run_extract(data: str, size: int, out: str, batch: int | None, precision: str) -> dict:
     from extract import FeatureCache, extract_features
 
     start = time.perf_counter()
@@ -83,16 +83,17 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--out", default="bench_out/bench.h5")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None,
+                   help="extract: BATCH (default: extract's own); classic: 32 (ImageDataGenerator's default)")
     p.add_argument("--precision", default="float32")
     p.add_argument("--n", type=int, default=256, help="images for classic_compute")
     args = p.parse_args()
     if args.mode == "extract":
         result = run_extract(args.data, args.size, args.out, args.batch, args.precision)
     elif args.mode == "classic_compute":
-        result = run_classic_compute(args.size, args.batch, args.n)
+        result = run_classic_compute(args.size, args.batch or 32, args.n)
     else:
-        result = run_classic(args.data, args.size, args.batch)
+        result = run_classic(args.data, args.size, args.batch or 32)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
