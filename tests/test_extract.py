@@ -78,6 +78,14 @@ def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
     assert "FusedBatchNormV3" not in op_types(plain)
     got, want = fused(tf.constant(x)).numpy(), plain(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+    from tensorflow.python.eager import context
+
+    seen, traced = [], fused.concrete
+    fused.concrete = lambda t: seen.append(context.context().function_call_options.executor_type) or traced(t)
+    fused(tf.constant(x))
+    assert seen == ["SINGLE_THREADED_EXECUTOR"]  # one fixed op order: the same peak memory every run
+    assert not context.context().function_call_options.executor_type  # and only for that call
     assert keras.src.backend.nn.batch_normalization.__module__ == "keras.src.backend.tensorflow.nn"
 
 
