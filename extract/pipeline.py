@@ -58,8 +58,8 @@ def default_batch_size(size: int) -> int:
     """Images per backbone call when ``BATCH`` is not given: 64 up to 160 px, else 32.
 
     Batch size never changes the features. Small inputs make small activations, and each call reorders every
-    convolution's weights for oneDNN once: at 100 px, 64 images per call extract ~4% faster than 32 (`make bench`,
-    2 CPU cores) for ~0.3 GB more. At 299 px, 64 gains ~1.5% for 1.4 GB more, so larger inputs keep 32.
+    convolution's weights for oneDNN once: at 100 px, 64 images per call extract ~4% faster than 32 (steady
+    loop, 2 CPU cores; README) for ~0.15 GB more. At 299 px, 64 gains ~1.5% for 1.4 GB more: larger inputs keep 32.
     """
     return 64 if size <= 160 else 32
 
@@ -158,8 +158,9 @@ def replica_strategy(devices: Sequence[str] | None = None):
             pass
     if devices is None and not gpus and "TF_NUM_INTEROP_THREADS" not in os.environ:
         # One backbone on the CPU: its ops use every core already (intra-op threads), and running two large
-        # ops at once only adds a live activation: at 299 px half the runs peaked ~350 MB higher (`make bench`,
-        # README). Replicas on several devices do need parallel branches, so they keep TensorFlow's default.
+        # ops at once only adds a live activation (at 299 px half the runs peaked ~350 MB higher; README; the
+        # backbone's own op order is fixed by BackboneFunction). Replicas on several devices need parallel
+        # branches, so they keep TensorFlow's default.
         try:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # the runtime is initialised already (a notebook, a test): its setting stays
