@@ -390,13 +390,16 @@ class BackboneFunction:
         self.concrete = concrete
         self.graph = concrete.graph
         self.model = model  # the graph holds the variables weakly: keep them alive as long as the function
-
-    def __call__(self, images):
         try:
             from tensorflow.python.eager.context import function_executor_type  # noqa: PLC0415
         except ImportError:  # a TensorFlow without it: the default executor (same features)
+            function_executor_type = None
+        self._executor = function_executor_type
+
+    def __call__(self, images):
+        if self._executor is None:
             return self.concrete(images)
-        with function_executor_type("SINGLE_THREADED_EXECUTOR"):
+        with self._executor("SINGLE_THREADED_EXECUTOR"):
             return self.concrete(images)
 
 
