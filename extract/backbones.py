@@ -332,7 +332,7 @@ def fused_batch_norm() -> Iterator[None]:
 
     Keras 3 runs BatchNormalization as separate multiply and add passes over every activation. Keras 2
     called ``fused_batch_norm``, one op that TensorFlow's graph optimiser also folds into the convolution
-    before it; on this project's 2-core CPU that is 5-9% more images/s for Xception, at no memory cost
+    before it; on this project's 2-core CPU that is 7-11% more images/s for Xception, at no memory cost
     (``make bench``). Keras casts mixed-precision inputs to float32 for batch normalization, so bfloat16
     and float16 backbones take it too. The maths is the same: features agree with the plain Keras call
     to float rounding (``tests/test_backbones.py``, every backbone, with random batch-norm statistics).
