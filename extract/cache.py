@@ -32,6 +32,8 @@ FORMAT_VERSION = 1
 DEFAULT_DIR = Path("features_cache")
 CHUNK_ROWS = 256
 MAX_PART_BYTES = 256 << 20  # a part (and an assembly block) stays below this, whatever the row size
+READ_GAP_BYTES = 256 << 10  # reading past this many unwanted bytes costs about as much as h5py's per-row selection
+READ_SLAB_BYTES = 64 << 20  # the most one read holds (features of wanted and skipped rows)
 SPLITS = ("train", "val", "test")
 _STR = h5py.string_dtype("utf-8")
 
@@ -423,6 +425,21 @@ class CacheLock:
             self._fd = None
 
 
+def _slabs(rows: np.ndarray, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) ranges of sorted ``rows`` that are read as one contiguous slab each."""
+    if len(rows) == 0:
+        return
+    gap_rows = max(0, READ_GAP_BYTES // max(row_bytes, 1))
+    slab_rows = max(1, READ_SLAB_BYTES // max(row_bytes, 1))
+    cuts = np.flatnonzero(np.diff(rows) > gap_rows + 1) + 1
+    for first, end in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+        start = int(first)
+        while start < end:  # cut a long run into slabs of at most slab_rows rows
+            stop = int(np.searchsorted(rows[start:end], rows[start] + slab_rows, side="left")) + start
+            yield start, stop
+            start = stop
+
+
 class FeatureCache:
     """Read-only view of a cache file. Use as a context manager.
 
@@ -520,12 +537,24 @@ class FeatureCache:
         return np.flatnonzero(mask)
 
     def features(self, index: np.ndarray | None = None) -> np.ndarray:
+        """float32 features of rows ``index`` (any order, repeats allowed), all rows if None.
+
+        Nearby rows are read as one contiguous slab and picked in memory: h5py selects a list of
+        rows one at a time (~50 µs a row here, 90 ms for 1,642 of 2,048 avg-pooled rows, against 4-20 ms
+        through slabs). A slab never spans a gap of more than ``READ_GAP_BYTES`` and never holds more
+        than ``READ_SLAB_BYTES``, so sparse or huge selections still read about what they need.
+        """
         ds = self._f["features"]
         if index is None:
             return ds[()].astype(np.float32)
-        if len(index) == 0:
-            return np.zeros((0, *ds.shape[1:]), np.float32)
-        return ds[np.asarray(index)].astype(np.float32)
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.empty((len(index), *ds.shape[1:]), np.float32)
+        order = np.argsort(index, kind="stable")
+        rows = index[order]
+        for start, stop in _slabs(rows, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))):
+            lo = int(rows[start])
+            out[order[start:stop]] = ds[lo:int(rows[stop - 1]) + 1][rows[start:stop] - lo]
+        return out
 
     def iter_blocks(self, index: np.ndarray, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, float32 features) in blocks of at most ``block_rows`` rows."""

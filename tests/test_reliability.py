@@ -193,6 +193,23 @@ def test_heads_open_caches_read_only(folder_cache, tmp_path):
     assert ro.stat().st_mode & 0o777 == 0o444
 
 
+@pytest.mark.parametrize("gap_bytes, slab_bytes", [(0, 1), (1, 3 << 20), (256 << 10, 64 << 20)])
+def test_feature_reads_through_slabs_equal_row_by_row_reads(folder_cache, monkeypatch, gap_bytes, slab_bytes):
+    monkeypatch.setattr(cache_mod, "READ_GAP_BYTES", gap_bytes)
+    monkeypatch.setattr(cache_mod, "READ_SLAB_BYTES", slab_bytes)
+    with h5py.File(folder_cache, "r") as f:
+        direct = np.stack([f["features"][i] for i in range(len(f["features"]))]).astype(np.float32)
+    n = len(direct)
+    rng = np.random.default_rng(0)
+    wanted = [np.arange(n), np.arange(0, n, 3), np.array([n - 1, 0, 2, 2, 1]), rng.permutation(n)[: n // 2],
+              np.array([], dtype=np.int64)]
+    with FeatureCache(folder_cache) as c:
+        for index in wanted:
+            got = c.features(index)
+            assert got.dtype == np.float32 and got.shape == (len(index), *direct.shape[1:])
+            np.testing.assert_array_equal(got, direct[index])
+
+
 def _extract_cmd(data: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "extract", "--data", str(data), "--out", str(out), "--size", str(SIZE),
             "--weights", "none", "--dtype", "float32", "--batch", "8", "--flush-rows", "8", "--no-progress"]
