@@ -27,7 +27,8 @@ VARIANTS = {
     "compute-b64": "the same, batch 64",
     "compute-keras-b32": "backbone alone, the plain Keras 3 call (batch norm as multiply and add passes)",
     "compute-keras-b64": "the plain Keras 3 call, batch 64",
-    "decode-only": "headswap's tf.data decode pipeline alone, no backbone",
+    "decode-only": "headswap's tf.data decode pipeline alone, no backbone (16 images per Python call)",
+    "decode-only-perimage": "replica decoding one image per Python call (headswap before DECODE_CHUNK)",
     "decode-only-nodraft": "the same without DCT scaling (full-size JPEG decode, then bilinear)",
     "decode-only-tfjpeg": "TF-native decode: decode_jpeg(ratio=…) + resize(bilinear, antialias), no Python",
     "embed-b32": "headswap's embed() (PIL draft decode, parallel map, fused batch norm, batch 32)",
@@ -90,7 +91,8 @@ def _pil_nodraft(path: str, size: int) -> np.ndarray:
 
 
 def replica_dataset(paths: list[str], size: int, batch: int, decoder: str = "pil", parallel: int | None = None):
-    """``extract.pipeline.image_dataset`` with one knob changed (decoder or parallelism)."""
+    """``extract.pipeline.image_dataset`` as it was before DECODE_CHUNK (one image per call), with one knob
+    changed (decoder or parallelism)."""
     import tensorflow as tf  # noqa: PLC0415
 
     from extract.decode import load_array  # noqa: PLC0415
@@ -144,6 +146,11 @@ def run_variant(name: str, data: Path, size: int) -> dict:
     elif kind in ("embed", "interop1", "bf16", "keras"):
         batches = (f for _, f, _ in embed(paths, model, size, batch))
         step = lambda feats: feats  # noqa: E731
+    elif kind == "decode-only":
+        from extract.pipeline import image_dataset  # noqa: PLC0415
+
+        batches = (imgs for _, imgs, _ in image_dataset(paths, size, batch))
+        step = lambda imgs: imgs.numpy()  # noqa: E731
     else:
         decoder = {"nodraft": "nodraft", "decode-only-nodraft": "nodraft", "tfjpeg": "tfjpeg",
                    "decode-only-tfjpeg": "tfjpeg"}.get(kind, "pil")
