@@ -152,6 +152,27 @@ def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights
     assert spec.preprocess_in_model == any(kind in ("Rescaling", "Normalization") for kind in first), first
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, precision", [("xception", "bfloat16"), ("efficientnetb0", "bfloat16"),
+                                             ("resnet50", "float16")])
+def test_low_precision_backbone_normalizes_its_own_dtype_and_matches_the_keras_call(name, precision):
+    """In bfloat16/float16 the traced graph feeds each batch norm the low-precision activation itself (no
+    cast to float32 and back) and gives the plain Keras call's features, to that precision's rounding."""
+    import tensorflow as tf
+
+    spec = get_backbone(name)
+    model = build_backbone(spec, spec.min_size, "avg", "none", seed=0, precision=precision)
+    randomize_batch_norm(model)
+    x = _pixels(2, spec.min_size)
+    got = np.asarray(model(x, training=False))
+    traced = bb.backbone_function(model)
+    norms = [op for op in traced.graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert norms and {op.get_attr("T") for op in norms} == {tf.as_dtype(precision)}
+    fused = np.asarray(traced(x))
+    cosine = (fused * got).sum(1) / np.linalg.norm(fused, axis=1) / np.linalg.norm(got, axis=1)
+    assert fused.dtype == np.float32 and cosine.min() > 0.999, cosine
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_offline_error_names_the_weights_file_and_the_alternatives(name, offline, tmp_path):
     """Our download asks for the same file and URL as Keras's constructor (checked above) and says how to fix it."""
