@@ -336,7 +336,7 @@ def fused_batch_norm() -> Iterator[None]:
     (``make bench``). Keras casts bfloat16 and float16 activations to float32 for batch normalization
     and the result back to the layer's compute dtype; the fused kernel takes the bfloat16/float16
     tensor itself instead (it computes in float32 inside) and returns that dtype, so both casts go:
-    +3% for PRECISION=bfloat16 at 100 and 299 px here (keeping the cast back to float32 was 9% slower
+    +3% for PRECISION=bfloat16 at 100 and 299 px here (keeping the cast back to float32 was 10% slower
     than Keras's way). The BatchNormalization layer, Keras's only caller, casts the output to its
     compute dtype either way. The maths is the same: features agree with the plain Keras call to float
     rounding (``tests/test_backbones.py``: every backbone with random batch-norm statistics, and
