@@ -183,8 +183,9 @@ def image_dataset(
 ):
     """tf.data pipeline of (positions, float32 images (b, size, size, 3) in 0-255, reasons) batches.
 
-    Decoding runs in parallel workers, ``DECODE_CHUNK`` images per Python call. Views with ``rounds[i] > 0`` go through the augmentation
-    layers with the stateless seed ``seeds[i]``; ``reasons[i] == b''`` where decoding worked.
+    Decoding runs in parallel workers, ``DECODE_CHUNK`` images per Python call. Views with
+    ``rounds[i] > 0`` go through the augmentation layers with the stateless seed ``seeds[i]``;
+    ``reasons[i] == b''`` where decoding worked.
     """
     import tensorflow as tf  # noqa: PLC0415
 

@@ -96,7 +96,7 @@ def flat(X: np.ndarray) -> np.ndarray:
 def index_blocks(n: int, block_rows: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
     """Positions 0..n-1 in blocks of at most ``block_rows``: in order, or randomly when ``rng`` is given.
 
-    Each block is sorted, because HDF5 reads rows in increasing order.
+    Each block is sorted, so the cache reads its nearby rows together.
     """
     order = np.arange(n) if rng is None else rng.permutation(n)
     for start in range(0, n, block_rows):

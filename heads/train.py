@@ -171,17 +171,14 @@ class FeatureSource:
         return np.flatnonzero(mask)
 
     def features(self, index: np.ndarray) -> np.ndarray:
-        """float32 features of rows ``index`` (increasing row indices of the first cache)."""
+        """float32 features of rows ``index`` (row indices of the first cache, any order)."""
         index = np.asarray(index, dtype=np.int64)
         if len(self._caches) == 1:
             return self._caches[0].features(index)
         parts = []
         for cache, rows_in in zip(self._caches, self._rows_in):
             rows = index if rows_in is None else rows_in[index]
-            order = np.argsort(rows, kind="stable")  # HDF5 reads need increasing indices
-            X = np.empty((len(rows), *cache.feature_shape), np.float32)
-            X[order] = cache.features(rows[order])
-            parts.append(X.reshape(len(rows), int(np.prod(cache.feature_shape))))
+            parts.append(cache.features(rows).reshape(len(rows), int(np.prod(cache.feature_shape))))
         return np.concatenate(parts, axis=1)
 
     def blocks(self, index: np.ndarray, block_rows: int) -> BlockSource:
