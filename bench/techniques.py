@@ -27,7 +27,7 @@ VARIANTS = {
     "compute-b64": "the same, batch 64",
     "compute-keras-b32": "backbone alone, the plain Keras 3 call (batch norm as multiply and add passes)",
     "compute-keras-b64": "the plain Keras 3 call, batch 64",
-    "decode-only": "headswap's tf.data decode pipeline alone, no backbone (16 images per Python call)",
+    "decode-only": "headswap's tf.data decode pipeline alone, no backbone (a batch per Python call)",
     "decode-only-perimage": "replica decoding one image per Python call (headswap before DECODE_CHUNK)",
     "decode-only-nodraft": "the same without DCT scaling (full-size JPEG decode, then bilinear)",
     "decode-only-tfjpeg": "TF-native decode: decode_jpeg(ratio=…) + resize(bilinear, antialias), no Python",

@@ -383,11 +383,15 @@ def _low_precision_source(x):
 
 
 def inference_call(model):
-    """``model(x, training=False)`` for a ``tf.function`` body: traced with :func:`fused_batch_norm`."""
+    """``model(x, training=False)`` for a ``tf.function`` body: traced with :func:`fused_batch_norm`.
+
+    ``x`` holds 0-255 pixels, uint8 or float32 (cast to float32 in the graph).
+    """
+    import tensorflow as tf  # noqa: PLC0415
 
     def call(x):
         with fused_batch_norm():  # runs while tracing only: a traced function does not re-run Python
-            return model(x, training=False)
+            return model(tf.cast(x, tf.float32), training=False)
 
     return call
 
@@ -418,13 +422,14 @@ class BackboneFunction:
             return self.concrete(images)
 
 
-def backbone_function(model) -> BackboneFunction:
-    """The backbone as one traced TensorFlow graph: float32 images (b, s, s, 3) → float32 features.
+def backbone_function(model, dtype="float32") -> BackboneFunction:
+    """The backbone as one traced TensorFlow graph: images (b, s, s, 3) of ``dtype`` (uint8 or float32,
+    0-255) → float32 features.
 
     Traced once for any batch size (see :func:`inference_call`) and run by the single-threaded executor
     (see :class:`BackboneFunction`).
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.as_dtype(dtype))
     return BackboneFunction(tf.function(inference_call(model)).get_concrete_function(spec), model)

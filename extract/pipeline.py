@@ -170,21 +170,33 @@ def replica_strategy(devices: Sequence[str] | None = None):
     return tf.distribute.MirroredStrategy(list(devices)) if len(devices) > 1 else None
 
 
-# Images per Python decode call. Decoding 500x375 JPEGs to 100 px through tf.data took 1.24-1.35 ms of CPU
-# per image with one call per image and 0.97-1.13 ms in chunks of 16 (load_array alone: 0.93 ms; `python -m
-# bench.techniques` decode-only vs decode-only-perimage). On 2 cores the backbone dominates and a 100 px
-# extraction took as long either way; where decoding is the bottleneck (a GPU box) it is ~20% more images/s.
+# Images per Python decode call for augmented views (each then goes through the augmentation layers on its
+# own). One call per image cost tf.data ~0.3 ms of CPU per 500x375 JPEG at 100 px on top of the decoding
+# (1.24-1.35 against 0.97-1.13 ms in chunks of 16; load_array alone 0.93 ms; `python -m bench.techniques`).
+# Clean views decode a whole batch per call (see image_dataset).
 DECODE_CHUNK = 16
+# TensorFlow wraps a numpy array returned by numpy_function without copying it when its data starts on this
+# boundary (Eigen's alignment); otherwise it copies it into its own allocator.
+TENSOR_ALIGN = 64
+
+
+def _aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array whose data starts on a ``TENSOR_ALIGN``-byte boundary."""
+    n = int(np.prod(shape))
+    buf = np.zeros(n + TENSOR_ALIGN, np.uint8)
+    start = -buf.ctypes.data % TENSOR_ALIGN
+    return buf[start:start + n].reshape(shape)
 
 
 def image_dataset(
     paths: Sequence[str], size: int, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
     augment: AugmentSpec | None = None, seeds: np.ndarray | None = None, rounds: Sequence[int] | None = None,
 ):
-    """tf.data pipeline of (positions, float32 images (b, size, size, 3) in 0-255, reasons) batches.
+    """tf.data pipeline of (positions, images (b, size, size, 3) in 0-255, reasons) batches.
 
-    Decoding runs in parallel workers, ``DECODE_CHUNK`` images per Python call. Views with
-    ``rounds[i] > 0`` go through the augmentation layers with the stateless seed ``seeds[i]``;
+    Decoding runs in parallel workers. Without augmentation each worker decodes a whole batch into one
+    uint8 array; with it, views are decoded ``DECODE_CHUNK`` at a time and come out as float32, views with
+    ``rounds[i] > 0`` through the augmentation layers with the stateless seed ``seeds[i]``.
     ``reasons[i] == b''`` where decoding worked.
     """
     import tensorflow as tf  # noqa: PLC0415
@@ -196,7 +208,7 @@ def image_dataset(
     augmenter = make_augmenter(augment) if augment is not None and augment.enabled else None
 
     def decode_chunk(positions):
-        imgs = np.zeros((len(positions), size, size, 3), np.uint8)
+        imgs = _aligned_zeros((len(positions), size, size, 3))
         reasons = []
         for k, i in enumerate(positions):
             try:
@@ -221,13 +233,20 @@ def image_dataset(
     # min(16, schedulable cores) threads, as fast as autotuned (`python -m bench.techniques`).
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = (tf.data.Dataset.range(n).batch(DECODE_CHUNK)
-          .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .unbatch())
-    if augmenter is not None:
-        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    if augmenter is None:
+        # Clean views: the batch is the decoder's own (aligned) array, so tf.data puts no batch into
+        # TensorFlow's CPU allocator, whose pool the backbone's activations reuse call after call; the
+        # backbone casts to float32 in its own graph. Batches made there by the decode threads, at moments
+        # that vary with timing, moved where the activations went, and at 299 px some runs (1 in 34 on a
+        # quiet machine, more under load) touched ~340 MB more of the pool for good (README: Peak RSS).
+        ds = (tf.data.Dataset.range(n).batch(batch_size)
+              .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     else:
-        ds = ds.batch(batch_size).map(lambda i, imgs, reasons: (i, tf.cast(imgs, tf.float32), reasons))
+        ds = (tf.data.Dataset.range(n).batch(DECODE_CHUNK)
+              .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .unbatch()
+              .map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .batch(batch_size))
     return ds.prefetch(2).with_options(options)
 
 
@@ -247,7 +266,7 @@ def embed(
 
     ds = image_dataset(paths, size, batch_size, max_pixels, **augment_kw)
     if strategy is None:
-        infer = backbone_function(model)
+        infer = backbone_function(model, ds.element_spec[1].dtype)
     else:
         replicas = strategy.num_replicas_in_sync
         replica_call = inference_call(model)

@@ -94,7 +94,7 @@ def test_extraction_runs_the_fused_backbone_at_the_default_batch_for_its_size(fo
 
     calls, batches = [], []
     real, real_dataset = pipeline.backbone_function, pipeline.image_dataset
-    monkeypatch.setattr(pipeline, "backbone_function", lambda model: calls.append(model) or real(model))
+    monkeypatch.setattr(pipeline, "backbone_function", lambda model, *a: calls.append(model) or real(model, *a))
     monkeypatch.setattr(pipeline, "image_dataset",
                         lambda paths, size, batch_size, *a, **kw: batches.append(batch_size)
                         or real_dataset(paths, size, batch_size, *a, **kw))
@@ -102,6 +102,25 @@ def test_extraction_runs_the_fused_backbone_at_the_default_batch_for_its_size(fo
     assert len(calls) == 1
     assert batches == [64]  # SIZE=71: small activations, larger batches
     assert (pipeline.default_batch_size(160), pipeline.default_batch_size(299)) == (64, 32)
+
+
+def test_clean_batches_are_the_decoders_own_uint8_arrays(folder_data):
+    """Clean batches are uint8 and never copied into TensorFlow's CPU allocator, whose pool the backbone's
+    activations reuse: batches landing there at varying moments made some 299 px runs peak ~340 MB higher."""
+    import tensorflow as tf
+
+    import extract.pipeline as pipeline
+
+    size, batch = 1024, 12  # 38 MB batches: above any malloc mmap threshold, so only the alignment is ours
+    paths = sorted(str(p) for p in folder_data.rglob("*.png"))
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    batches = list(pipeline.image_dataset(paths, size, batch_size=batch))
+    grown = tf.config.experimental.get_memory_info("CPU:0")["current"] - before
+    images = np.concatenate([imgs.numpy() for _, imgs, _ in batches])
+    assert images.dtype == np.uint8 and len(images) == len(paths) > batch
+    first = np.asarray(Image.open(paths[0]).convert("RGB").resize((size, size), Image.BILINEAR))
+    np.testing.assert_array_equal(images[0], first)
+    assert grown < batch * size * size * 3  # less than one batch: each batch held here that was copied adds that
 
 
 def test_kaggle_layout_labels_match_the_csv(tmp_path):
