@@ -155,22 +155,39 @@ def test_built_backbone_at_its_minimum_size_has_the_registered_width_and_weights
 @pytest.mark.slow
 @pytest.mark.parametrize("name, precision", [("xception", "bfloat16"), ("efficientnetb0", "bfloat16"),
                                              ("resnet50", "float16")])
-def test_low_precision_backbone_normalizes_its_own_dtype_and_matches_the_keras_call(name, precision):
-    """In bfloat16/float16 the traced graph feeds each batch norm the low-precision activation itself (no
-    cast to float32 and back) and gives the plain Keras call's features, to that precision's rounding."""
+def test_low_precision_backbone_folds_batch_norm_and_matches_the_keras_call(name, precision, monkeypatch):
+    """In bfloat16/float16 the traced graph folds every batch norm into the convolution before it (Xception:
+    plain, EfficientNet: depthwise, ResNet: with a bias); where it cannot, the batch norm takes the
+    low-precision activation itself. Either way the features are the plain Keras call's, to that precision's
+    rounding."""
     import tensorflow as tf
 
     spec = get_backbone(name)
     model = build_backbone(spec, spec.min_size, "avg", "none", seed=0, precision=precision)
-    randomize_batch_norm(model)
+    n_norms = randomize_batch_norm(model)
+    rng = np.random.default_rng(1)
+    for layer in model._flatten_layers():  # convolution biases too (ResNet's; untrained they are zero)
+        if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.5, tuple(layer.bias.shape)).astype("float32"))
     x = _pixels(2, spec.min_size)
     got = np.asarray(model(x, training=False))
+
+    def cosine(a):
+        return ((a * got).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(got, axis=1)).min()
+
     traced = bb.backbone_function(model)
-    norms = [op for op in traced.graph.get_operations() if op.type == "FusedBatchNormV3"]
-    assert norms and {op.get_attr("T") for op in norms} == {tf.as_dtype(precision)}
+    ops = traced.graph.get_operations()
+    assert not [op for op in ops if op.type == "FusedBatchNormV3"]
+    folded = [op for op in ops if op.type in ("Conv2D", "DepthwiseConv2dNative")
+              and op.inputs[1].op.type == "Cast" and op.inputs[1].op.inputs[0].op.type == "Mul"]
+    assert n_norms and len(folded) == n_norms
+    monkeypatch.setattr(bb, "_folded_into_conv", lambda *args: None)
+    unfolded = bb.backbone_function(model)
+    norms = [op for op in unfolded.graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert len(norms) == n_norms and {op.get_attr("T") for op in norms} == {tf.as_dtype(precision)}
+    assert cosine(np.asarray(unfolded(x))) > 0.999
     fused = np.asarray(traced(x))
-    cosine = (fused * got).sum(1) / np.linalg.norm(fused, axis=1) / np.linalg.norm(got, axis=1)
-    assert fused.dtype == np.float32 and cosine.min() > 0.999, cosine
+    assert fused.dtype == np.float32 and cosine(fused) > 0.999
 
 
 @pytest.mark.parametrize("name", NAMES)
