@@ -382,7 +382,8 @@ def _folded_into_conv(x, mean, variance, offset, scale, epsilon):
     TensorFlow's graph optimiser folds batch norm into a float32 convolution but not into a bfloat16 one,
     and oneDNN then runs it as a separate pass (on 728 channels a slow generic kernel): a third of an
     Xception call at 299 px here. Folded, the convolution's kernel is scaled per output channel (in float32,
-    rounded once to the low precision) and the shift is a bias, which oneDNN adds in the convolution.
+    rounded once to the low precision) and the shift is added after it: as an Add, since a BiasAdd there made
+    grappler's remapper fail on Xception's residual adds ("Mutation::Apply error", TF 2.21), at the same speed.
     Handles Conv2D and DepthwiseConv2dNative, with or without a BiasAdd, when nothing else reads them.
     """
     import tensorflow as tf  # noqa: PLC0415
@@ -402,7 +403,7 @@ def _folded_into_conv(x, mean, variance, offset, scale, epsilon):
     kernel = tf.cast(tf.cast(kernel, tf.float32) * per_kernel, kernel.dtype)
     attrs = {key: node.get_attr(key) for key in ("strides", "padding", "explicit_paddings", "dilations")}
     out = getattr(tf.raw_ops, node.type)(input=inputs, filter=kernel, data_format="NHWC", **attrs)
-    return tf.nn.bias_add(out, tf.cast(shift, out.dtype))
+    return tf.add(out, tf.cast(shift, out.dtype))
 
 
 def _low_precision_source(x):
