@@ -233,20 +233,15 @@ def image_dataset(
     # min(16, schedulable cores) threads, as fast as autotuned (`python -m bench.techniques`).
     options = tf.data.Options()
     options.autotune.enabled = False
-    if augmenter is None:
-        # Clean views: the batch is the decoder's own (aligned) array, so tf.data puts no batch into
-        # TensorFlow's CPU allocator, whose pool the backbone's activations reuse call after call; the
-        # backbone casts to float32 in its own graph. Batches made there by the decode threads, at moments
-        # that vary with timing, moved where the activations went, and at 299 px some runs (1 in 34 on a
-        # quiet machine, more under load) touched ~340 MB more of the pool for good (README: Peak RSS).
-        ds = (tf.data.Dataset.range(n).batch(batch_size)
-              .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-    else:
-        ds = (tf.data.Dataset.range(n).batch(DECODE_CHUNK)
-              .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-              .unbatch()
-              .map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-              .batch(batch_size))
+    # Clean views: the batch is the decoder's own (aligned) array, so tf.data puts no batch into TensorFlow's
+    # CPU allocator, whose pool the backbone's activations reuse call after call; the backbone casts to
+    # float32 in its own graph. Batches made there by the decode threads, at moments that vary with timing,
+    # moved where the activations went, and at 299 px some runs (1 in 34 on a quiet machine, more under load)
+    # touched ~340 MB more of the pool for good (README: Peak RSS). Augmented views go one by one.
+    ds = (tf.data.Dataset.range(n).batch(batch_size if augmenter is None else DECODE_CHUNK)
+          .map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    if augmenter is not None:
+        ds = ds.unbatch().map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
     return ds.prefetch(2).with_options(options)
 
 
