@@ -40,7 +40,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES FLUSH_ROWS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES WORKERS FLUSH_ROWS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
 	@echo "           TRAIN_ROUNDS ASSERT_ACCURACY | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -59,7 +59,7 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) \
 	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
 	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices) \
-	  $(call opt,FLUSH_ROWS,--flush-rows)
+	  $(call opt,WORKERS,--workers) $(call opt,FLUSH_ROWS,--flush-rows)
 
 preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }

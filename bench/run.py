@@ -4,6 +4,7 @@ Everything in one run, side by side, on the machine at hand (random weights: sam
 
 (a) compute-bound: the backbone on pre-decoded tensors, best of a few batch sizes;
 (b) headswap extract end to end (HDF5 included), the marginal rate between N and 4N images;
+(a) and (b) again with two processes (``WORKERS=2``), each with half the cores;
 (c) classic: ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (tf_keras), same images, marginal;
 plus b/a and b/c, bfloat16 against float32 compute at the largest size with feature cosine, the head-swap
 cost against extraction, and the peak RSS of extract at N and 4N. Writes ``bench_out/results.md``.
@@ -107,23 +108,51 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], precision: s
     return best, forms["fused"](tf.constant(x[:8])).numpy()
 
 
-def cache_file(out: Path, size: int, data: Path, precision: str = "float32") -> Path:
-    return out / f"bench-{size}-{data.name}{'' if precision == 'float32' else '-' + precision}.h5"
+def cache_file(out: Path, size: int, data: Path, precision: str = "float32", workers: int = 1) -> Path:
+    return out / (f"bench-{size}-{data.name}{'' if precision == 'float32' else '-' + precision}"
+                  f"{'' if workers == 1 else f'-w{workers}'}.h5")
 
 
-def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None, precision: str = "float32",
-           n_images: int = 256) -> dict:
-    """One run in a fresh process; mode ``extract``, ``extract-bfloat16`` (PRECISION=), ``classic`` or
-    ``classic_compute``. ``batch=None``: extract's default BATCH, and 32 for the classic modes."""
-    mode, _, mode_precision = mode.partition("-")
-    precision = mode_precision or precision
+def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None, n_images: int = 256) -> dict:
+    """One run in a fresh process; mode ``extract``, ``extract-bfloat16`` (PRECISION=), ``extract-w2``
+    (WORKERS=2), ``classic`` or ``classic_compute``. ``batch=None``: extract's default BATCH, and 32 for the
+    classic modes."""
+    mode, _, variant = mode.partition("-")
+    precision = variant if variant in ("bfloat16", "float16") else "float32"
+    workers = int(variant[1:]) if variant.startswith("w") else 1
     cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
-           "--out", str(cache_file(out, size, data, precision)), "--precision", precision,
-           "--n", str(n_images), *(["--batch", str(batch)] if batch else [])]
+           "--out", str(cache_file(out, size, data, precision, workers)), "--precision", precision,
+           "--workers", str(workers), "--n", str(n_images), *(["--batch", str(batch)] if batch else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compute_in_processes(size: int, n_images: int, batch_sizes: list[int], workers: int) -> tuple[float, int]:
+    """(a) as ``WORKERS=workers`` runs it: that many processes at once, each with its share of the cores,
+    started together after warming up; their images/s added. Returns (best rate, its batch)."""
+    import tempfile
+
+    from extract.workers import cpu_threads
+
+    best = (0.0, batch_sizes[0])
+    for bs in batch_sizes:
+        with tempfile.TemporaryDirectory() as barrier:
+            cmd = [sys.executable, "-m", "bench.worker", "compute", "--data", "-", "--size", str(size),
+                   "--batch", str(bs), "--n", str(n_images), "--threads", str(cpu_threads(workers)),
+                   "--workers", str(workers), "--barrier", barrier]
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(workers)]
+            outs = [p.communicate() for p in procs]
+        failed = [err for p, (_, err) in zip(procs, outs) if p.returncode]
+        if failed:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{failed[0][-3000:]}")
+        runs = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+        rate = sum(r["images"] / r["seconds"] for r in runs)
+        if rate > best[0]:
+            best = (rate, bs)
+    return best
 
 
 def warm_page_cache(folder: Path) -> None:
@@ -189,7 +218,7 @@ def verdict(ok: bool) -> str:
 
 def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: dict[int, int] | None = None,
               classic: bool | None = None, batch_sizes: tuple[int, ...] = (16, 32, 64), repeats: int = 3,
-              out: Path = DEFAULT_OUT, bf16_extract: bool = True) -> str:
+              out: Path = DEFAULT_OUT, bf16_extract: bool = True, workers: int = 2) -> str:
     """Measure everything and return the markdown report (also written to ``out/results.md``)."""
     from bench.data import synthetic_subsets, user_subsets
 
@@ -204,7 +233,10 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
              "Input: " + (f"DATA={data}" if data else "generated 500×375 JPEGs (quality 90)") + ".\n",
              "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (fused batch norm), at its "
              "best batch; beside it the same backbone called as the Keras model, and Keras 2's (tf_keras) "
-             "Xception, the model the classic loop (c) runs, alone on tensors at batch 32.\n",
+             "Xception, the model the classic loop (c) runs, alone on tensors at batch 32. "
+             + (f"The WORKERS={workers} rows run (a) as {workers} processes at once, each with its share of the cores, "
+                f"and (b) as `make extract WORKERS={workers}` (peak RSS: all its processes' peaks added up).\n"
+                if workers > 1 else "\n"),
              "| size | N, 4N | (a) compute img/s (batch) | Keras 3 model call | tf_keras model | (b) extract "
              "img/s | (c) classic img/s | b/a | b/c | c / its model | RSS N → 4N (MB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -222,8 +254,13 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             say(f"{size} px: tf_keras Xception alone on tensors")
             run = worker("classic_compute", subsets[base], size, out, n_images=max(64, 2 * base))
             classic_model = run["images"] / run["seconds"]
+        a_w = None
+        if workers > 1:
+            say(f"{size} px: backbone alone on tensors in {workers} processes at once")
+            a_w, a_w_bs = compute_in_processes(size, max(64, 2 * base), list(batch_sizes), workers)
         bf16_e2e = size == max(sizes) and bf16_extract
-        modes = ["extract"] + (["classic"] if classic else []) + (["extract-bfloat16"] if bf16_e2e else [])
+        modes = (["extract"] + ([f"extract-w{workers}"] if workers > 1 else []) + (["classic"] if classic else [])
+                 + (["extract-bfloat16"] if bf16_e2e else []))
         runs = best_runs(modes, subsets, size, repeats, out)
         every_run.append(f"- {size} px: " + "; ".join(
             f"{mode} N={count}: " + ", ".join(run["all_seconds"])
@@ -244,6 +281,22 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                           f"{verdict((ratio(b, c) or 0) >= TARGETS['b/c@100'])}")
         checks.append(f"- peak RSS growth N → 4N at {size} px < 10%: {100 * growth:+.1f}% "
                       f"{verdict(growth < TARGETS['rss'])}")
+        if workers > 1:
+            w_small, w_large = runs[(f"extract-w{workers}", base)], runs[(f"extract-w{workers}", 4 * base)]
+            b_w = marginal(w_small, w_large)
+            w_growth = w_large["peak_rss_mb"] / w_small["peak_rss_mb"] - 1
+            lines.append(
+                f"| {size}, WORKERS={workers} | {base}, {4 * base} | {a_w:.1f} ({a_w_bs}) | | | {fmt(b_w)} "
+                f"| {fmt(c)} | "
+                f"{fmt(ratio(b_w, a_w), 2)} | {fmt(ratio(b_w, c), 2)} | | {w_small['peak_rss_mb']:.0f} → "
+                f"{w_large['peak_rss_mb']:.0f} ({100 * w_growth:+.1f}%) |")
+            checks.append(f"- WORKERS={workers}: b/a at {size} px ≥ {TARGETS['b/a']} (both in {workers} processes): "
+                          f"{fmt(ratio(b_w, a_w), 2)} {verdict((ratio(b_w, a_w) or 0) >= TARGETS['b/a'])}")
+            if classic and size == 100:
+                checks.append(f"- WORKERS={workers}: b/c at 100 px ≥ {TARGETS['b/c@100']}: {fmt(ratio(b_w, c), 2)} "
+                              f"{verdict((ratio(b_w, c) or 0) >= TARGETS['b/c@100'])}")
+            checks.append(f"- WORKERS={workers}: peak RSS growth N → 4N at {size} px < 10%: {100 * w_growth:+.1f}% "
+                          f"{verdict(w_growth < TARGETS['rss'])}")
         say(f"{size} px: head swap (logreg, dense) on the {4 * base}-image cache")
         costs = head_swap(cache_file(out, size, subsets[4 * base]), out)
         share = costs["logreg"] / large["seconds"]
@@ -286,11 +339,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="N images (4N is also run); default 512 at 100 px, 64 at 299 px")
     p.add_argument("--no-classic", action="store_true")
     p.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
+    p.add_argument("--workers", type=int, default=2, help="also measure WORKERS=K processes (1: skip)")
     args = p.parse_args(argv)
     sizes = (args.size,) if args.size else (100, 299)
     n = {s: args.n for s in sizes} if args.n else None
     print(run_bench(Path(args.data) if args.data else None, sizes, n, classic=False if args.no_classic else None,
-                    repeats=args.repeats))
+                    repeats=args.repeats, workers=args.workers))
 
 
 if __name__ == "__main__":

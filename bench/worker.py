@@ -1,13 +1,16 @@
 """One measured run in a fresh interpreter, so its peak RSS is its own: ``python -m bench.worker MODE ...``.
 
 Modes:
-* ``extract``: headswap's :func:`extract.extract_features` end to end (HDF5 written);
+* ``extract``: headswap's :func:`extract.extract_features` end to end (HDF5 written), ``--workers K``
+  processes (peak RSS: its own plus each worker's);
+* ``compute``: extract's backbone alone on one pre-decoded batch with ``--threads`` intra-op threads,
+  timed from a start shared by ``--barrier`` (``--workers`` such processes run at once);
 * ``classic``: Keras 2's ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (``tf_keras``);
 * ``classic_compute``: that ``tf_keras`` model alone on one pre-decoded batch (its own compute limit).
 
 Prints one JSON line: images, seconds (the call, model build included; for ``classic`` up to the end of
-the predict loop, its iterator's teardown apart in ``teardown_seconds``; for ``classic_compute`` the steady
-loop only), peak RSS in MB.
+the predict loop, its iterator's teardown apart in ``teardown_seconds``; for ``compute`` and
+``classic_compute`` the steady loop only), peak RSS in MB.
 """
 
 from __future__ import annotations
@@ -15,23 +18,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 from pathlib import Path
+
+from extract.workers import peak_rss_mb
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_extract(data: str, size: int, out: str, batch: int | None, precision: str) -> dict:
+def run_extract(data: str, size: int, out: str, batch: int | None, precision: str, workers: int) -> dict:
     from extract import FeatureCache, extract_features
 
     start = time.perf_counter()
     result = extract_features(data, out=out, size=size, weights="none", batch_size=batch, precision=precision,
-                              overwrite=True, progress=False, log=lambda m: None)
+                              workers=workers, overwrite=True, progress=False, log=lambda m: None)
     seconds = time.perf_counter() - start
     with FeatureCache(result.path) as c:
         rows = c.n_rows
-    return {"images": rows, "seconds": seconds}
+    # The processes' peaks added up: an upper bound of what they held at once.
+    return {"images": rows, "seconds": seconds, "peak_rss_mb": peak_rss_mb() + sum(result.worker_peak_rss_mb)}
+
+
+def run_compute(size: int, batch: int, n_images: int, threads: int, barrier: str, workers: int) -> dict:
+    """Extract's backbone alone, ``threads`` intra-op threads; the clock starts once all ``workers`` processes
+    sharing ``barrier`` (a folder) have warmed up, so their steady loops run side by side."""
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from extract.backbones import backbone_function, build_backbone, get_backbone
+
+    model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0)
+    infer = backbone_function(model)
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
+    infer(x).numpy()
+    Path(barrier, str(os.getpid())).touch()
+    while len(list(Path(barrier).iterdir())) < workers:
+        time.sleep(0.01)
+    steps = max(2, n_images // batch)
+    return {"images": steps * batch, "seconds": steady_seconds(infer, x, steps, warm=False)}
 
 
 def run_classic(data: str, size: int, batch: int) -> dict:
@@ -67,42 +93,39 @@ def run_classic_compute(size: int, batch: int, n_images: int) -> dict:
                                                                steps)}
 
 
-def steady_seconds(infer, batch, steps: int) -> float:
+def steady_seconds(infer, batch, steps: int, warm: bool = True) -> float:
     """Seconds for ``steps`` calls of ``infer`` on ``batch``, after one call that traces and warms up."""
-    infer(batch).numpy()
+    if warm:
+        infer(batch).numpy()
     start = time.perf_counter()
     for _ in range(steps):
         infer(batch).numpy()
     return time.perf_counter() - start
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak RSS. Not ``getrusage``: on Linux its ``ru_maxrss`` survives ``exec``, so a
-    worker would report its parent's peak when that is larger. ``VmHWM`` belongs to the new address space."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: an upper bound
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["extract", "classic", "classic_compute"])
+    p.add_argument("mode", choices=["extract", "compute", "classic", "classic_compute"])
     p.add_argument("--data", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--out", default="bench_out/bench.h5")
     p.add_argument("--batch", type=int, default=None,
                    help="extract: BATCH (default: extract's own); classic: 32 (ImageDataGenerator's default)")
     p.add_argument("--precision", default="float32")
-    p.add_argument("--n", type=int, default=256, help="images for classic_compute")
+    p.add_argument("--n", type=int, default=256, help="images for classic_compute and compute")
+    p.add_argument("--workers", type=int, default=1, help="extract: WORKERS; compute: processes at the barrier")
+    p.add_argument("--threads", type=int, default=1, help="compute: intra-op threads")
+    p.add_argument("--barrier", default=None, help="compute: folder the processes meet in")
     args = p.parse_args()
     if args.mode == "extract":
-        result = run_extract(args.data, args.size, args.out, args.batch, args.precision)
+        result = run_extract(args.data, args.size, args.out, args.batch, args.precision, args.workers)
+    elif args.mode == "compute":
+        result = run_compute(args.size, args.batch or 32, args.n, args.threads, args.barrier, args.workers)
     elif args.mode == "classic_compute":
         result = run_classic_compute(args.size, args.batch or 32, args.n)
     else:
         result = run_classic(args.data, args.size, args.batch or 32)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     print(json.dumps(result))
 
 

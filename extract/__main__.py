@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none | tutorial | epiuse | 'rotation=0.1,zoom=0.2,flip=horizontal'")
     p.add_argument("--rounds", type=int, default=0, help="augmented views per training image (plus the clean one)")
     p.add_argument("--devices", default=None,
-                   help="comma-separated devices, one replica each (default: every visible GPU)")
+                   help="comma-separated devices, one replica each in one process (tf.distribute.MirroredStrategy)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="extraction processes, one per GPU or each with a share of the CPU cores "
+                        "(default: one per GPU when there are several and no --devices, else 1)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")
     p.add_argument("--no-progress", action="store_true")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             val=args.val, seed=args.seed, batch_size=args.batch, id_col=args.id_col, label_col=args.label_col,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, overwrite=args.overwrite, flush_rows=args.flush_rows,
             augment=args.augment, rounds=args.rounds,
-            devices=args.devices.split(",") if args.devices else None,
+            devices=args.devices.split(",") if args.devices else None, workers=args.workers,
             progress=not args.no_progress,
         )
 

@@ -25,13 +25,20 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     assert cells[5] == "n/a" or float(cells[5]) > 0
     assert (cells[5] == "n/a") == (cells[7] == "n/a")
     assert re.search(r"\d+ → \d+ \([+-]\d+\.\d%\)", cells[10])
+    # The same in two processes: (a) side by side, (b) as `make extract WORKERS=2`, RSS of every process.
+    row = next(line for line in report.splitlines() if line.startswith("| 71, WORKERS=2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "4, 16" and float(cells[2].split()[0]) > 0 and cells[3] == cells[4] == cells[9] == ""
+    assert cells[5] == "n/a" or float(cells[5]) > 0
+    assert re.search(r"\d+ → \d+ \([+-]\d+\.\d%\)", cells[10])
+    assert re.search(r"WORKERS=2: b/a at 71 px .*(PASS|MISS)", report)
     assert "Head swap on the 16-image 71 px cache: logreg" in report
     assert "PRECISION=bfloat16 at 71 px" in report and "cosine" in report
     assert re.search(r"End to end, `make extract PRECISION=bfloat16` \(marginal 4 → 16\): (n/a|\d+\.\d)", report)
     for target in ("b/a at 71 px", "peak RSS growth", "logreg head swap", "bfloat16 ≥"):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
-    assert re.search(r"- 71 px: extract N=4: \d+\.\d; extract N=16: \d+\.\d", report)  # every run listed
+    assert re.search(r"- 71 px: extract N=4: \d+\.\d; extract N=16: \d+\.\d; extract-w2 N=4: \d+\.\d", report)
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
 
 
