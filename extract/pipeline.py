@@ -175,7 +175,7 @@ def replica_strategy(devices: Sequence[str] | None = None):
 def default_workers(devices: Sequence[str] | None, gpus: Sequence[Any] | None = None) -> int:
     """WORKERS when not given: one process per GPU when there are several (and no DEVICES), else 1.
 
-    Two one-thread processes computed 4-6% more images/s than one two-thread process on this repo's CPU,
+    Two one-thread processes computed 3-6% more images/s than one two-thread process on this repo's CPU,
     MirroredStrategy over two logical CPUs 0-2% (README): processes measured better where we could measure.
     """
     if devices:

@@ -5,7 +5,7 @@ Worker ``k`` takes every K-th batch of the views (so all finish together), runs
 batches in order and keeps the single writer, the progress bar and the skip list: the cache is the
 one a single process writes. On a GPU box worker
 ``k`` sees only GPU ``k mod n``; on a CPU each worker gets its share of the cores as intra-op threads.
-On this repo's 2-core CPU two one-thread processes computed 4-6% more images/s than one two-thread
+On this repo's 2-core CPU two one-thread processes computed 3-6% more images/s than one two-thread
 process, and MirroredStrategy over two logical CPUs 0-2% (README, `make bench`).
 """
 
