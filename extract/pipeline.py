@@ -414,10 +414,10 @@ def extract_features(
     same config and data is reused without work (``up_to_date=True``); an interrupted run is
     resumed; a changed data set is updated incrementally (only added or modified images are
     extracted). ``batch_size`` defaults to :func:`default_batch_size` of the input size. Rows are
-    flushed every ``flush_rows`` rows. ``devices`` (default: every visible
-    GPU by default) get one backbone replica each in this process; ``workers=K`` runs K processes instead,
-    one per GPU or each with a share of the CPU cores (:mod:`extract.workers`). By default (neither given)
-    a machine with several GPUs gets one process per GPU, any other one process. ``augment`` (a preset or
+    flushed every ``flush_rows`` rows. ``devices`` get one backbone replica each in this process
+    (``tf.distribute.MirroredStrategy``); ``workers=K`` runs K processes instead, one per GPU or each with a
+    share of the CPU cores (:mod:`extract.workers`). By default (neither given) a machine with several GPUs
+    gets one process per GPU, any other one process. ``augment`` (a preset or
     ``'key=value,...'``) with ``rounds=K`` adds K augmented views of every training image.
     """
     if batch_size is not None and int(batch_size) < 1:
@@ -425,11 +425,9 @@ def extract_features(
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError("a WORKERS= worker process re-ran the script that started it (Python's spawn imports "
                            "the main script): call extract_features under `if __name__ == \"__main__\":`")
-    if workers is None:
-        workers = default_workers(devices)
-    if int(workers) < 1:
+    if workers is not None and int(workers) < 1:
         raise ValueError(f"WORKERS={workers} must be at least 1 process (1: extract in this process)")
-    if int(workers) > 1 and devices:
+    if workers is not None and int(workers) > 1 and devices:
         raise ValueError("DEVICES= (one process, a replica per device) and WORKERS= (one process per device) are "
                          "two ways to use several devices: give one of them")
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
@@ -455,26 +453,28 @@ def extract_features(
         if config["weights"]["kind"] == "none":
             log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
         start = time.perf_counter()
-        pool, strategy, model = None, None, None
-        if plan.views and int(workers) > 1:
+        pool, strategy, model, kept_shape = None, None, None, None
+        n_workers = (int(workers) if workers is not None else default_workers(devices)) if plan.views else 0
+        if n_workers > 1:
             from .workers import WorkerPool  # noqa: PLC0415
 
-            pool = WorkerPool(int(workers), config, batch_size, max_pixels, log)
+            pool = WorkerPool(n_workers, config, batch_size, max_pixels, log)
         elif plan.views:
             strategy = replica_strategy(devices)
             if strategy is not None:
                 log(f"{strategy.num_replicas_in_sync} replicas: {', '.join(strategy.extended.worker_devices)}")
             model = load_backbone(config, strategy)
-        if not plan.views and not (_old_feature_shape(plan.old)
-                                   or cache_mod.parts_feature_shape(cache_mod.parts_dir(path))):
-            raise cache_mod.CacheError(f"nothing to assemble for {path}: no rows were extracted (every image skipped?)")
+        else:
+            kept_shape = _old_feature_shape(plan.old) or cache_mod.parts_feature_shape(cache_mod.parts_dir(path))
+            if kept_shape is None:
+                raise cache_mod.CacheError(
+                    f"nothing to assemble for {path}: no rows were extracted (every image skipped?)")
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
         compute_start = time.perf_counter()
         skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
                                       max_pixels=max_pixels, progress=progress, strategy=strategy, pool=pool)
         feature_shape = (tuple(int(d) for d in model.output_shape[1:]) if model is not None
-                         else (pool.feature_shape if pool is not None else None) or _old_feature_shape(plan.old)
-                         or cache_mod.parts_feature_shape(cache_mod.parts_dir(path)))
+                         else pool.feature_shape if pool is not None else kept_shape)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
         throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
         rows = _assemble_or_explain(

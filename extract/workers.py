@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue as queue_mod
 import resource
 import traceback
@@ -86,9 +87,11 @@ def _worker(k: int, workers: int, job: dict[str, Any], queue, parent: int) -> No
         send(("done", k, peak_rss_mb()))
     except BaseException as err:  # noqa: BLE001  (reported to the parent, which decides)
         try:
-            send(("error", k, err if isinstance(err, _USER_ERRORS) else None, traceback.format_exc()))
-        except Exception:  # noqa: BLE001  (the error itself would not pickle)
-            send(("error", k, None, traceback.format_exc()))
+            user_error = pickle.loads(pickle.dumps(err)) if isinstance(err, _USER_ERRORS) else None
+        except Exception:  # noqa: BLE001  (an error that does not pickle goes as text)
+            user_error = None
+        send(("error", k, user_error, traceback.format_exc()))
+        raise SystemExit(1) from None  # a non-zero exit code, even if the message were lost
 
 
 def _shards(n: int, batch_size: int, workers: int) -> list[np.ndarray]:
@@ -163,7 +166,7 @@ class WorkerPool:
             try:
                 msg = queues[k].get(timeout=POLL_SECONDS)
             except queue_mod.Empty:
-                self._check_alive(procs)
+                self._check_alive(procs, queues)
                 continue
             if msg[0] == want:
                 return msg
@@ -171,18 +174,28 @@ class WorkerPool:
                 self.feature_shape = msg[2]
                 self.log(f"worker {k + 1} of {len(procs)}: {msg[3]}")
             elif msg[0] == "error":
-                _, _, err, text = msg
-                if err is not None:
-                    raise err
-                raise WorkerError(f"extract worker {k + 1} of {len(procs)} failed:\n{text.rstrip()}\n"
-                                  f"The rows written so far are kept: rerun the same command to resume.")
+                self._raise(k, len(procs), msg)
             else:
                 raise WorkerError(f"extract worker {k + 1} sent {msg[0]!r} where {want!r} was due (a bug)")
 
     @staticmethod
-    def _check_alive(procs: list) -> None:
+    def _raise(k: int, workers: int, msg: tuple) -> None:
+        _, _, err, text = msg
+        if err is not None:
+            raise err
+        raise WorkerError(f"extract worker {k + 1} of {workers} failed:\n{text.rstrip()}\n"
+                          f"The rows written so far are kept: rerun the same command to resume.")
+
+    def _check_alive(self, procs: list, queues: list) -> None:
         for k, p in enumerate(procs):
             if p.exitcode not in (None, 0):
+                try:  # its last words, if it sent them before exiting
+                    while True:
+                        msg = queues[k].get(timeout=POLL_SECONDS)
+                        if msg[0] == "error":
+                            self._raise(k, len(procs), msg)
+                except queue_mod.Empty:
+                    pass
                 code = p.exitcode
                 why = f"killed by signal {-code}" if code < 0 else f"exit code {code}; its error is printed above"
                 hint = " (SIGKILL: out of memory? Try a smaller BATCH= or fewer WORKERS=)" if code == -9 else ""
