@@ -16,6 +16,8 @@ import os
 import pickle
 import queue as queue_mod
 import resource
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -62,18 +64,22 @@ def _setup_device(k: int, workers: int) -> str:
     return f"CPU, {threads} intra-op thread{'s' if threads > 1 else ''}"
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this process at once when its parent is gone (killed), wherever the worker is blocked then
+    (a full queue, a pipe nobody reads, the queue's flush at exit)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_SECONDS)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="extract-parent-watch", daemon=True).start()
+
+
 def _worker(k: int, workers: int, job: dict[str, Any], queue, parent: int) -> None:
     """Body of worker ``k``: build the backbone, embed its views, send every batch to ``queue``."""
-
-    def send(msg: tuple) -> None:
-        while True:  # never block forever on a parent that is gone (killed): exit instead
-            try:
-                queue.put(msg, timeout=POLL_SECONDS)
-                return
-            except queue_mod.Full:
-                if os.getppid() != parent:
-                    os._exit(3)
-
+    _exit_with_parent(parent)
+    send = queue.put
     try:
         from .pipeline import embed, load_backbone, replica_strategy  # noqa: PLC0415
 

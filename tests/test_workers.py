@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,36 @@ def test_several_gpus_get_one_process_each_unless_devices_are_named():
     assert default_workers(None, gpus=[]) == default_workers(None, gpus=["gpu0"]) == 1
     assert default_workers(None, gpus=["gpu0", "gpu1", "gpu2"]) == 3
     assert default_workers(["/gpu:0", "/gpu:1"], gpus=["gpu0", "gpu1"]) == 1  # DEVICES: MirroredStrategy
+
+
+ORPHAN = """
+import os, subprocess, sys, time
+watcher = ("import os, time\\nfrom extract.workers import _exit_with_parent\\n_exit_with_parent(os.getppid())\\n"
+           "print(os.getpid(), flush=True)\\ntime.sleep(600)")
+child = subprocess.Popen([sys.executable, "-c", watcher], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_worker_whose_parent_is_killed_ends_instead_of_running_on():
+    """A worker blocked anywhere (here: asleep) exits within a second or so of its parent's SIGKILL."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    worker = int(parent.stdout.readline())
+    assert _running(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(worker)
 
 
 def test_workers_settings_are_checked(tmp_path):
