@@ -20,6 +20,7 @@ from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
 from .backbones import backbone_function, build_backbone, get_backbone, inference_call, weights_identity
 from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import Discovery, Item, discover
+from .workers import WorkerPool, default_workers
 
 POOLINGS = ("avg", "max", "none")
 DTYPES = ("float16", "float32")
@@ -170,21 +171,6 @@ def replica_strategy(devices: Sequence[str] | None = None):
     if devices is None:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     return tf.distribute.MirroredStrategy(list(devices)) if len(devices) > 1 else None
-
-
-def default_workers(devices: Sequence[str] | None, gpus: Sequence[Any] | None = None) -> int:
-    """WORKERS when not given: one process per GPU when there are several (and no DEVICES), else 1.
-
-    Two one-thread processes computed 3-6% more images/s than one two-thread process on this repo's CPU,
-    MirroredStrategy over two logical CPUs 0-2% (README): processes measured better where we could measure.
-    """
-    if devices:
-        return 1
-    if gpus is None:
-        import tensorflow as tf  # noqa: PLC0415  (lists devices without starting the runtime)
-
-        gpus = tf.config.list_physical_devices("GPU")
-    return len(gpus) if len(gpus) > 1 else 1
 
 
 # Images per Python decode call for augmented views (each then goes through the augmentation layers on its
@@ -456,8 +442,6 @@ def extract_features(
         pool, strategy, model, kept_shape = None, None, None, None
         n_workers = (int(workers) if workers is not None else default_workers(devices)) if plan.views else 0
         if n_workers > 1:
-            from .workers import WorkerPool  # noqa: PLC0415
-
             pool = WorkerPool(n_workers, config, batch_size, max_pixels, log)
         elif plan.views:
             strategy = replica_strategy(devices)

@@ -14,8 +14,8 @@ import pytest
 from conftest import write_class_folders
 
 from extract import FeatureCache, extract_features
-from extract.pipeline import default_workers, make_config
-from extract.workers import WorkerError, WorkerPool, _shards, cpu_threads
+from extract.pipeline import make_config
+from extract.workers import WorkerError, WorkerPool, _shards, cpu_threads, default_workers
 
 REPO = Path(__file__).resolve().parents[1]
 KW = dict(size=71, weights="none", dtype="float32", progress=False)
