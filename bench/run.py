@@ -119,10 +119,11 @@ def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None
     classic modes."""
     mode, _, variant = mode.partition("-")
     precision = variant if variant in ("bfloat16", "float16") else "float32"
-    workers = int(variant[1:]) if variant.startswith("w") else 1
+    workers = int(variant[1:]) if variant.startswith("w") else None  # None: extract's default WORKERS
     cmd = [sys.executable, "-m", "bench.worker", mode, "--data", str(data), "--size", str(size),
-           "--out", str(cache_file(out, size, data, precision, workers)), "--precision", precision,
-           "--workers", str(workers), "--n", str(n_images), *(["--batch", str(batch)] if batch else [])]
+           "--out", str(cache_file(out, size, data, precision, workers or 1)), "--precision", precision,
+           "--n", str(n_images), *(["--batch", str(batch)] if batch else []),
+           *(["--workers", str(workers)] if workers else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

@@ -26,7 +26,7 @@ from extract.workers import peak_rss_mb
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_extract(data: str, size: int, out: str, batch: int | None, precision: str, workers: int) -> dict:
+def run_extract(data: str, size: int, out: str, batch: int | None, precision: str, workers: int | None) -> dict:
     from extract import FeatureCache, extract_features
 
     start = time.perf_counter()
@@ -113,14 +113,15 @@ def main() -> None:
                    help="extract: BATCH (default: extract's own); classic: 32 (ImageDataGenerator's default)")
     p.add_argument("--precision", default="float32")
     p.add_argument("--n", type=int, default=256, help="images for classic_compute and compute")
-    p.add_argument("--workers", type=int, default=1, help="extract: WORKERS; compute: processes at the barrier")
+    p.add_argument("--workers", type=int, default=None,
+                   help="extract: WORKERS (default: extract's own); compute: processes at the barrier (default 1)")
     p.add_argument("--threads", type=int, default=1, help="compute: intra-op threads")
     p.add_argument("--barrier", default=None, help="compute: folder the processes meet in")
     args = p.parse_args()
     if args.mode == "extract":
         result = run_extract(args.data, args.size, args.out, args.batch, args.precision, args.workers)
     elif args.mode == "compute":
-        result = run_compute(args.size, args.batch or 32, args.n, args.threads, args.barrier, args.workers)
+        result = run_compute(args.size, args.batch or 32, args.n, args.threads, args.barrier, args.workers or 1)
     elif args.mode == "classic_compute":
         result = run_classic_compute(args.size, args.batch or 32, args.n)
     else:
