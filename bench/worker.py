@@ -54,7 +54,10 @@ def run_compute(size: int, batch: int, n_images: int, threads: int, barrier: str
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
     infer(x).numpy()
     Path(barrier, str(os.getpid())).touch()
+    deadline = time.monotonic() + 600  # a process that failed before the barrier must not hang the others
     while len(list(Path(barrier).iterdir())) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(list(Path(barrier).iterdir()))} of {workers} processes reached {barrier}")
         time.sleep(0.01)
     steps = max(2, n_images // batch)
     return {"images": steps * batch, "seconds": steady_seconds(infer, x, steps, warm=False)}
