@@ -95,24 +95,23 @@ def _exit_with_parent(parent: int) -> None:
 def _worker(k: int, workers: int, job: dict[str, Any], queue, parent: int) -> None:
     """Body of worker ``k``: build the backbone, embed its views, send every batch to ``queue``."""
     _exit_with_parent(parent)
-    send = queue.put
     try:
         from .pipeline import embed, load_backbone, replica_strategy  # noqa: PLC0415
 
         device = _setup_device(k, workers)
         replica_strategy()  # memory growth on the GPU; one inter-op thread on a CPU (as in one process)
         model = load_backbone(job["config"])
-        send(("ready", k, tuple(int(d) for d in model.output_shape[1:]), device))
+        queue.put(("ready", k, tuple(int(d) for d in model.output_shape[1:]), device))
         for idx, feats, reasons in embed(job["paths"], model, job["config"]["size"], job["batch_size"],
                                          job["max_pixels"], **job["augment"]):
-            send(("batch", k, idx, feats, reasons))
-        send(("done", k, peak_rss_mb()))
+            queue.put(("batch", k, idx, feats, reasons))
+        queue.put(("done", k, peak_rss_mb()))
     except BaseException as err:  # noqa: BLE001  (reported to the parent, which decides)
         try:
             user_error = pickle.loads(pickle.dumps(err)) if isinstance(err, _USER_ERRORS) else None
         except Exception:  # noqa: BLE001  (an error that does not pickle goes as text)
             user_error = None
-        send(("error", k, user_error, traceback.format_exc()))
+        queue.put(("error", k, user_error, traceback.format_exc()))
         raise SystemExit(1) from None  # a non-zero exit code, even if the message were lost
 
 
