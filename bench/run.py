@@ -124,6 +124,11 @@ def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None
            "--out", str(cache_file(out, size, data, precision, workers or 1)), "--precision", precision,
            "--n", str(n_images), *(["--batch", str(batch)] if batch else []),
            *(["--workers", str(workers)] if workers else [])]
+    return run_worker(cmd)
+
+
+def run_worker(cmd: list[str]) -> dict:
+    """Run one ``bench.worker`` command; its last stdout line is its JSON result."""
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -202,15 +207,22 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return None if x is None or y is None else x / y
 
 
-def head_swap(cache: Path, out: Path) -> dict[str, float]:
-    from heads import train_head
+def head_swap(cache: Path, out: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Train logreg and dense on ``cache``, each in ``repeats`` fresh processes, interleaved; keep the fastest.
 
-    costs = {}
-    for head in ("logreg", "dense"):
-        start = time.perf_counter()
-        train_head(head, cache, out / "runs" / head, log=lambda m: None)
-        costs[head] = time.perf_counter() - start
-    return costs
+    ``seconds`` is the first ``train_head`` call of a process, imports included (scikit-learn, matplotlib,
+    Keras for dense), as ``make train-head`` pays them and as the extraction it is set against pays
+    TensorFlow's; ``warm_seconds`` a second swap in the same process. (This process has imported
+    TensorFlow, which loads scikit-learn and matplotlib too: timing here would hide their import.)
+    """
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):
+        for head in ("logreg", "dense"):
+            run = run_worker([sys.executable, "-m", "bench.worker", "head", "--data", str(cache), "--head", head,
+                              "--out", str(out / "runs")])
+            for key in ("seconds", "warm_seconds"):
+                best.setdefault(head, {})[key] = min(best.get(head, {}).get(key, float("inf")), run[key])
+    return best
 
 
 def verdict(ok: bool) -> str:
@@ -299,14 +311,18 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             checks.append(f"- WORKERS={workers}: peak RSS growth N → 4N at {size} px < 10%: {100 * w_growth:+.1f}% "
                           f"{verdict(w_growth < TARGETS['rss'])}")
         say(f"{size} px: head swap (logreg, dense) on the {4 * base}-image cache")
-        costs = head_swap(cache_file(out, size, subsets[4 * base]), out)
-        share = costs["logreg"] / large["seconds"]
+        costs = head_swap(cache_file(out, size, subsets[4 * base]), out, repeats)
+        logreg, dense = costs["logreg"], costs["dense"]
+        share = logreg["seconds"] / large["seconds"]
         swap_lines.append(
-            f"Head swap on the {4 * base}-image {size} px cache: logreg {costs['logreg']:.2f} s, dense "
-            f"{costs['dense']:.2f} s (whole `train_head`: read, fit, evaluate, save, plots, report), against "
-            f"{large['seconds']:.1f} s to extract it.")
+            f"Head swap on the {4 * base}-image {size} px cache (whole `train_head`: read, fit, evaluate, save, "
+            f"plots, report), in a fresh process as `make train-head` runs it: logreg {logreg['seconds']:.2f} s, "
+            f"dense {dense['seconds']:.2f} s; a second swap in the same process, its imports done: logreg "
+            f"{logreg['warm_seconds']:.2f} s, dense {dense['warm_seconds']:.2f} s. Extracting the cache took "
+            f"{large['seconds']:.1f} s (TensorFlow's import included).")
         checks.append(f"- logreg head swap < 5% of extraction at {size} px: {100 * share:.1f}% "
-                      f"{verdict(share < TARGETS['swap'])}")
+                      f"{verdict(share < TARGETS['swap'])} (a second swap in the same process: "
+                      f"{100 * logreg['warm_seconds'] / large['seconds']:.1f}%)")
         if size == max(sizes):
             say(f"{size} px: bfloat16 backbone alone on tensors")
             bf16_compute, bf16_features = compute_bound(size, max(64, 2 * base), list(batch_sizes), "bfloat16")

@@ -6,11 +6,13 @@ Modes:
 * ``compute``: extract's backbone alone on one pre-decoded batch with ``--threads`` intra-op threads,
   timed from a start shared by ``--barrier`` (``--workers`` such processes run at once);
 * ``classic``: Keras 2's ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (``tf_keras``);
-* ``classic_compute``: that ``tf_keras`` model alone on one pre-decoded batch (its own compute limit).
+* ``classic_compute``: that ``tf_keras`` model alone on one pre-decoded batch (its own compute limit);
+* ``head``: ``train_head(--head, cache --data)`` twice, the first as ``make train-head`` pays for it.
 
 Prints one JSON line: images, seconds (the call, model build included; for ``classic`` up to the end of
 the predict loop, its iterator's teardown apart in ``teardown_seconds``; for ``compute`` and
-``classic_compute`` the steady loop only), peak RSS in MB.
+``classic_compute`` the steady loop only; for ``head`` the first ``train_head`` call, the second apart in
+``warm_seconds``), peak RSS in MB.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def run_compute(size: int, batch: int, n_images: int, threads: int, barrier: str
     return {"images": steps * batch, "seconds": steady_seconds(infer, x, steps, warm=False)}
 
 
+def run_head(cache: str, head: str, out: str) -> dict:
+    """``train_head`` twice in this fresh process. The first call is the head swap ``make train-head`` makes:
+    it imports what the head needs on the way (scikit-learn, matplotlib; Keras for ``dense``), as the timed
+    extraction imports TensorFlow. The second, with all that loaded, is ``warm_seconds``."""
+    from heads import train_head
+
+    seconds = []
+    for k in range(2):
+        start = time.perf_counter()
+        train_head(head, cache, Path(out) / f"{head}-{k}", log=lambda m: None)
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": seconds[0], "warm_seconds": seconds[1]}
+
+
 def run_classic(data: str, size: int, batch: int) -> dict:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     from tf_keras.applications import xception
@@ -108,10 +124,11 @@ def steady_seconds(infer, batch, steps: int, warm: bool = True) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["extract", "compute", "classic", "classic_compute"])
-    p.add_argument("--data", required=True)
-    p.add_argument("--size", type=int, required=True)
-    p.add_argument("--out", default="bench_out/bench.h5")
+    p.add_argument("mode", choices=["extract", "compute", "classic", "classic_compute", "head"])
+    p.add_argument("--data", required=True, help="image folder; head: the cache")
+    p.add_argument("--size", type=int, default=None, help="input size (every mode but head)")
+    p.add_argument("--out", default="bench_out/bench.h5", help="the cache to write; head: the runs' folder")
+    p.add_argument("--head", default="logreg", help="head: which head to train")
     p.add_argument("--batch", type=int, default=None,
                    help="extract: BATCH (default: extract's own); classic: 32 (ImageDataGenerator's default)")
     p.add_argument("--precision", default="float32")
@@ -121,10 +138,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="compute: intra-op threads")
     p.add_argument("--barrier", default=None, help="compute: folder the processes meet in")
     args = p.parse_args()
+    if args.size is None and args.mode != "head":
+        p.error(f"{args.mode} needs --size")
     if args.mode == "extract":
         result = run_extract(args.data, args.size, args.out, args.batch, args.precision, args.workers)
     elif args.mode == "compute":
         result = run_compute(args.size, args.batch or 32, args.n, args.threads, args.barrier, args.workers or 1)
+    elif args.mode == "head":
+        result = run_head(args.data, args.head, args.out)
     elif args.mode == "classic_compute":
         result = run_classic_compute(args.size, args.batch or 32, args.n)
     else:
