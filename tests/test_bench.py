@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 
-from bench.run import marginal, run_bench
+from bench.run import marginal, round_rates, run_bench
 
 
 def test_marginal_rate_cancels_fixed_costs_and_refuses_noise():
     assert marginal({"images": 100, "seconds": 12.0}, {"images": 400, "seconds": 18.0}) == 50.0
     assert marginal({"images": 4, "seconds": 5.0}, {"images": 16, "seconds": 4.9}) is None
+
+
+def test_round_rates_pair_each_rounds_own_runs():
+    small = {"images": 100, "round_seconds": [12.0, 10.0, 11.0]}
+    large = {"images": 400, "round_seconds": [18.0, 16.0, 10.5]}
+    assert round_rates(small, large) == [50.0, 50.0, None]  # not fastest-with-fastest (300 / 5.5), and no noise
 
 
 def test_quick_bench_reports_every_measurement(tmp_path):
@@ -42,6 +48,10 @@ def test_quick_bench_reports_every_measurement(tmp_path):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
     assert re.search(r"- 71 px: extract N=4: \d+\.\d; extract N=16: \d+\.\d; extract-w2 N=4: \d+\.\d", report)
+    # Each round's own marginal rates, and the ratios per round beside the fastest-of verdicts.
+    assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); extract-w2 (n/a|\d+\.\d); extract-bfloat16 "
+                     r"(n/a|\d+\.\d); b/a (n/a|\d\.\d\d)$", report, re.M)
+    assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d\.\d\d)\)", report)
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
 
 
