@@ -173,25 +173,21 @@ def best_runs(modes: list[str], subsets: dict[int, Path], size: int, repeats: in
     """Each (mode, N) ``repeats`` times, interleaved; keep the fastest run of each (least disturbed), with
     the largest peak RSS any of its repeats reached (memory is not a figure to take the best of), and every
     round's seconds in ``round_seconds`` (round r runs each mode's N and 4N back to back)."""
-    best: dict[tuple[str, int], dict] = {}
-    peak: dict[tuple[str, int], float] = {}
-    every: dict[tuple[str, int], list[str]] = {}
-    rounds: dict[tuple[str, int], list[float]] = {}
+    every: dict[tuple[str, int], list[dict]] = {}
     for rep in range(repeats):
         for mode in modes:
             for count, folder in subsets.items():
                 run = worker(mode, folder, size, out)
                 say(f"{size} px {mode} N={count} run {rep + 1}/{repeats}: {run['seconds']:.1f} s, "
                     f"peak RSS {run['peak_rss_mb']:.0f} MB")
-                peak[(mode, count)] = max(peak.get((mode, count), 0.0), run["peak_rss_mb"])
-                rounds.setdefault((mode, count), []).append(run["seconds"])
-                every.setdefault((mode, count), []).append(
-                    f"{run['seconds']:.1f}" + (f" (+{run['teardown_seconds']:.1f} teardown)"
-                                                if run.get("teardown_seconds", 0) >= 0.5 else ""))
-                if (mode, count) not in best or run["seconds"] < best[(mode, count)]["seconds"]:
-                    best[(mode, count)] = run
-    return {key: {**run, "peak_rss_mb": peak[key], "all_seconds": every[key], "round_seconds": rounds[key]}
-            for key, run in best.items()}
+                every.setdefault((mode, count), []).append(run)
+    return {key: {**min(runs, key=lambda r: r["seconds"]),
+                  "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                  "round_seconds": [r["seconds"] for r in runs],
+                  "all_seconds": [f"{r['seconds']:.1f}" + (f" (+{r['teardown_seconds']:.1f} teardown)"
+                                                           if r.get("teardown_seconds", 0) >= 0.5 else "")
+                                  for r in runs]}
+            for key, runs in every.items()}
 
 
 def marginal(small: dict, large: dict) -> float | None:
@@ -226,14 +222,11 @@ def head_swap(cache: Path, out: Path, repeats: int) -> dict[str, dict[str, float
     TensorFlow's; ``warm_seconds`` a second swap in the same process. (This process has imported
     TensorFlow, which loads scikit-learn and matplotlib too: timing here would hide their import.)
     """
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(repeats):
-        for head in ("logreg", "dense"):
-            run = run_worker([sys.executable, "-m", "bench.worker", "head", "--data", str(cache), "--head", head,
-                              "--out", str(out / "runs")])
-            for key in ("seconds", "warm_seconds"):
-                best.setdefault(head, {})[key] = min(best.get(head, {}).get(key, float("inf")), run[key])
-    return best
+    heads = ("logreg", "dense")
+    runs = [[run_worker([sys.executable, "-m", "bench.worker", "head", "--data", str(cache), "--head", head,
+                         "--out", str(out / "runs")]) for head in heads] for _ in range(repeats)]
+    return {head: {key: min(r[k][key] for r in runs) for key in ("seconds", "warm_seconds")}
+            for k, head in enumerate(heads)}
 
 
 def verdict(ok: bool) -> str:
