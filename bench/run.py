@@ -128,11 +128,16 @@ def worker(mode: str, data: Path, size: int, out: Path, batch: int | None = None
 
 
 def run_worker(cmd: list[str]) -> dict:
-    """Run one ``bench.worker`` command; its last stdout line is its JSON result."""
+    """Run one ``bench.worker`` command and return its result."""
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return worker_result(cmd, proc.returncode, proc.stdout, proc.stderr)
+
+
+def worker_result(cmd: list[str], returncode: int, stdout: str, stderr: str) -> dict:
+    """A finished ``bench.worker``'s JSON result (its last stdout line), or its failure with its stderr."""
+    if returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def compute_in_processes(size: int, n_images: int, batch_sizes: list[int], workers: int) -> tuple[float, int]:
@@ -151,10 +156,7 @@ def compute_in_processes(size: int, n_images: int, batch_sizes: list[int], worke
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for _ in range(workers)]
             outs = [p.communicate() for p in procs]
-        failed = [err for p, (_, err) in zip(procs, outs) if p.returncode]
-        if failed:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{failed[0][-3000:]}")
-        runs = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+        runs = [worker_result(cmd, p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
         rate = sum(r["images"] / r["seconds"] for r in runs)
         if rate > best[0]:
             best = (rate, bs)

@@ -53,10 +53,7 @@ def cpu_threads(workers: int) -> int:
 
 def default_workers(devices: Sequence[str] | None, gpus: Sequence[Any] | None = None) -> int:
     """WORKERS when not given: one process per GPU when there are several (and no DEVICES), else 1.
-
-    Two one-thread processes computed 3-6% more images/s than one two-thread process on this repo's CPU,
-    MirroredStrategy over two logical CPUs 0-2% (README): processes measured better where we could measure.
-    """
+    Processes measured better than MirroredStrategy where we could measure (module docstring)."""
     if devices:
         return 1
     if gpus is None:
