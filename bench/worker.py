@@ -9,21 +9,27 @@ Modes:
 * ``classic_compute``: that ``tf_keras`` model alone on one pre-decoded batch (its own compute limit);
 * ``head``: ``train_head(--head, cache --data)`` twice, the first as ``make train-head`` pays for it.
 
-Prints one JSON line: images, seconds (the call, model build included; for ``classic`` up to the end of
-the predict loop, its iterator's teardown apart in ``teardown_seconds``; for ``compute`` and
-``classic_compute`` the steady loop only; for ``head`` the first ``train_head`` call, the second apart in
+Prints one JSON line: images, seconds (the call, model build included, for ``extract`` also
+``process_seconds`` from the worker's first import; for ``classic`` up to the end of the predict loop, its
+iterator's teardown apart in ``teardown_seconds``; for ``compute`` and ``classic_compute`` the steady loop
+only; for ``head`` from the first import to the end of the first ``train_head`` call, the second apart in
 ``warm_seconds``), peak RSS in MB.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
-from pathlib import Path
 
-from extract.workers import peak_rss_mb
+# Before any other import: a head swap's figure and the extraction it is set against (``process_seconds``)
+# both count their imports (heads/extract with pandas and h5py, scikit-learn, matplotlib, TensorFlow).
+STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from extract.workers import peak_rss_mb  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -34,11 +40,12 @@ def run_extract(data: str, size: int, out: str, batch: int | None, precision: st
     start = time.perf_counter()
     result = extract_features(data, out=out, size=size, weights="none", batch_size=batch, precision=precision,
                               workers=workers, overwrite=True, progress=False, log=lambda m: None)
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
     with FeatureCache(result.path) as c:
         rows = c.n_rows
     # The processes' peaks added up: an upper bound of what they held at once.
-    return {"images": rows, "seconds": seconds, "peak_rss_mb": peak_rss_mb() + sum(result.worker_peak_rss_mb)}
+    return {"images": rows, "seconds": end - start, "process_seconds": end - STARTED,
+            "peak_rss_mb": peak_rss_mb() + sum(result.worker_peak_rss_mb)}
 
 
 def run_compute(size: int, batch: int, n_images: int, threads: int, barrier: str, workers: int) -> dict:
@@ -66,17 +73,17 @@ def run_compute(size: int, batch: int, n_images: int, threads: int, barrier: str
 
 
 def run_head(cache: str, head: str, out: str) -> dict:
-    """``train_head`` twice in this fresh process. The first call is the head swap ``make train-head`` makes:
-    it imports what the head needs on the way (scikit-learn, matplotlib; Keras for ``dense``), as the timed
-    extraction imports TensorFlow. The second, with all that loaded, is ``warm_seconds``."""
+    """``train_head`` twice in this fresh process. ``seconds`` is the head swap ``make train-head`` makes, from
+    this process's first import to the end of the first call: ``heads`` and what the head needs (scikit-learn,
+    matplotlib; Keras for ``dense``), as the extraction's ``process_seconds`` counts TensorFlow's. The second
+    call, with all that loaded, is ``warm_seconds``."""
     from heads import train_head
 
-    seconds = []
+    ends = [STARTED]
     for k in range(2):
-        start = time.perf_counter()
         train_head(head, cache, Path(out) / f"{head}-{k}", log=lambda m: None)
-        seconds.append(time.perf_counter() - start)
-    return {"seconds": seconds[0], "warm_seconds": seconds[1]}
+        ends.append(time.perf_counter())
+    return {"seconds": ends[1] - ends[0], "warm_seconds": ends[2] - ends[1]}
 
 
 def run_classic(data: str, size: int, batch: int) -> dict:
