@@ -221,8 +221,9 @@ def head_swap(cache: Path, out: Path, repeats: int) -> dict[str, dict[str, float
 
     ``seconds`` runs from the process's first import to the end of its first ``train_head`` call (``heads``,
     scikit-learn, matplotlib, Keras for dense), as ``make train-head`` pays them and as the extraction it is
-    set against (``process_seconds``) pays TensorFlow's; ``warm_seconds`` a second swap in the same process. (This process has imported
-    TensorFlow, which loads scikit-learn and matplotlib too: timing here would hide their import.)
+    set against (``process_seconds``) pays TensorFlow's; ``warm_seconds`` a second swap in the same process.
+    (This process has imported TensorFlow, which loads scikit-learn and matplotlib too: timing here would
+    hide their import.)
     """
     heads = ("logreg", "dense")
     runs = [[run_worker([sys.executable, "-m", "bench.worker", "head", "--data", str(cache), "--head", head,
