@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 N_CLASSES = 4
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# What both readers take: extract reads whatever Pillow opens, flow_from_directory only these suffixes.
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff"}
+TOP_LEVEL_CLASS = "_top"  # the class folder of a DATA's loose files when it also has class folders
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,12 @@ def synthetic_subsets(root: Path, sizes: list[int], spec: SyntheticSpec = Synthe
 
 
 def list_images(data: Path) -> list[tuple[Path, str]]:
-    """Every image under ``data`` (sorted), with its first-level folder as class (or two pseudo-classes)."""
+    """Every image under ``data`` (sorted) that both readers take, with its first-level folder as class (files
+    beside class folders: ``TOP_LEVEL_CLASS``; no class folders at all: two pseudo-classes)."""
     found = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(data).parts))
-    classes = [p.relative_to(data).parts[0] if len(p.relative_to(data).parts) > 1 else "" for p in found]
+    classes = [p.relative_to(data).parts[0] if len(p.relative_to(data).parts) > 1 else TOP_LEVEL_CLASS
+               for p in found]
     if len(set(classes)) < 2:
         classes = [f"class{i % 2}" for i in range(len(found))]
     return list(zip(found, classes))
@@ -131,7 +135,8 @@ def user_subsets(data: Path, root: Path, sizes: list[int]) -> dict[int, Path]:
     """Subsets of the first n images of a user's folder; the largest size must fit in it."""
     images = list_images(data)
     if len(images) < max(sizes):
-        raise ValueError(f"DATA={data} has {len(images)} images; the bench needs {max(sizes)} (4×N). "
+        raise ValueError(f"DATA={data} has {len(images)} images that both extract and the classic loop read "
+                         f"({', '.join(sorted(IMAGE_EXTS))}); the bench needs {max(sizes)} (4×N). "
                          f"Pass a smaller N= (at most {len(images) // 4}).")
     tag = hashlib.sha1(str(data.resolve()).encode()).hexdigest()[:8]
     base = root / f"data-{data.name}-{tag}"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from PIL import Image
+
+from bench.data import TOP_LEVEL_CLASS, user_subsets
 from bench.run import marginal, round_rates, run_bench
 
 
@@ -16,6 +19,20 @@ def test_round_rates_pair_each_rounds_own_runs():
     small = {"images": 100, "round_seconds": [12.0, 10.0, 11.0]}
     large = {"images": 400, "round_seconds": [18.0, 16.0, 10.5]}
     assert round_rates(small, large) == [50.0, 50.0, None]  # not fastest-with-fastest (300 / 5.5), and no noise
+
+
+def test_user_data_subsets_hold_what_both_readers_take(tmp_path):
+    data = tmp_path / "data"
+    for rel in ("cats/a.jpg", "cats/b.png", "dogs/c.jpg", "dogs/d.gif", "dogs/e.webp", "loose.jpg", ".hidden/f.jpg"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(data / rel)
+    subsets = user_subsets(data, tmp_path / "subsets", [1, 4])
+    # flow_from_directory skips .gif and .webp, so the bench leaves them out of both; loose files get a class folder
+    # inside the subset (a link named "/0000_loose.jpg" would have pointed at the file system's root).
+    held = [p.relative_to(subsets[4]) for p in subsets[4].rglob("*") if p.is_file()]
+    assert sorted(f"{h.parts[0]}/{h.name.split('_', 1)[1]}" for h in held) == [
+        f"{TOP_LEVEL_CLASS}/loose.jpg", "cats/a.jpg", "cats/b.png", "dogs/c.jpg"]
+    assert len([p for p in subsets[1].rglob("*") if p.is_file()]) == 1
 
 
 def test_quick_bench_reports_every_measurement(tmp_path):
@@ -47,7 +64,15 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     for target in ("b/a at 71 px", "peak RSS growth", "logreg head swap", "bfloat16 ≥"):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
-    assert re.search(r"- 71 px: extract N=4: \d+\.\d; extract N=16: \d+\.\d; extract-w2 N=4: \d+\.\d", report)
+    assert re.search(r"- 71 px: extract N=4: \d+\.\d \[[\d,]+ MB\]; extract N=16: \d+\.\d \[[\d,]+ MB\]; "
+                     r"extract-w2 N=4: \d+\.\d", report)
+    # bfloat16: compute-bound beside float32, end to end, and the two caches' features compared image by image.
+    assert re.search(r"bfloat16 ≥ ×1\.35 float32 at 71 px, compute-bound: ×\d+\.\d\d (PASS|MISS).*cosine ≥ 0\.999 on "
+                     r"tensors: \d\.\d{5} (PASS|MISS)", report)
+    assert re.search(r"bfloat16 ≥ ×1\.35 float32 at 71 px, end to end: ×(n/a|\d+\.\d\d) (PASS|MISS).*cosine ≥ "
+                     r"0\.999 on the cached images: \d\.\d{5} (PASS|MISS)", report)
+    # A target the run could not measure is reported as such, not left out.
+    assert "- b/c at 100 px ≥ 1.25: not measured (the classic loop did not run" in report
     # Each round's own marginal rates, and the ratios per round beside the fastest-of verdicts.
     assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); extract-w2 (n/a|\d+\.\d); extract-bfloat16 "
                      r"(n/a|\d+\.\d); b/a (n/a|\d\.\d\d)$", report, re.M)
