@@ -259,6 +259,15 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS (or not measurable: n/a)"
 
 
+def ratio_check(what: str, value: float | None, rounds: list[float | None], target: float) -> str:
+    """A ratio's target line. PASS needs both the fastest-of figure and the median of the rounds' own ratios
+    (a round not measurable counts as 0): the fastest N and 4N runs may come from different rounds."""
+    median = float(np.median([0.0 if r is None else r for r in rounds])) if rounds else None
+    ok = (value or 0) >= target and (median is None or median >= target)
+    return (f"- {what} ≥ {target}: {fmt(value, 2)} {verdict(ok)} (per round: {', '.join(fmt(r, 2) for r in rounds)}"
+            f"; median {fmt(median, 2)})")
+
+
 def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: dict[int, int] | None = None,
               classic: bool | None = None, batch_sizes: tuple[int, ...] = (16, 32, 64), repeats: int = 3,
               out: Path = DEFAULT_OUT, bf16_extract: bool = True, workers: int = 2) -> str:
@@ -271,8 +280,10 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
     classic = importlib.util.find_spec("tf_keras") is not None if classic is None else classic
     lines = [f"# headswap bench\n\nMachine: {machine()}.", "Backbone: Xception, random weights (the same compute "
              "as ImageNet weights), POOLING=avg, DTYPE=float16, extract's default BATCH (64 up to 160 px, else 32; "
-             "the classic loop: 32, ImageDataGenerator's default). Each extract/classic figure is the fastest "
-             f"of {repeats} interleaved runs in fresh processes, page cache warm; peak RSS is the largest of them.",
+             "the classic loop: 32, ImageDataGenerator's default). Each extract/classic rate is the marginal "
+             f"between the fastest of {repeats} interleaved runs at N and the fastest at 4N, in fresh processes, "
+             "page cache warm (a ratio's target passes only if the median of the rounds' own ratios passes too); "
+             "peak RSS is the largest of them.",
              "Input: " + (f"DATA={data}" if data else "generated 500×375 JPEGs (quality 90)") + ".\n",
              "(a) is the backbone alone on pre-decoded tensors, run as extract runs it (fused batch norm), at its "
              "best batch; beside it the same backbone called as the Keras model, and Keras 2's (tf_keras) "
@@ -326,13 +337,9 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             f"| {fmt(b)} | {fmt(c)} | {fmt(ratio(b, a), 2)} | {fmt(ratio(b, c), 2)} | "
             f"{fmt(ratio(c, classic_model), 2)} | {small['peak_rss_mb']:.0f} → {large['peak_rss_mb']:.0f} "
             f"({100 * growth:+.1f}%) |")
-        checks.append(f"- b/a at {size} px ≥ {TARGETS['b/a']}: {fmt(ratio(b, a), 2)} "
-                      f"{verdict((ratio(b, a) or 0) >= TARGETS['b/a'])} (per round: "
-                      f"{', '.join(fmt(v, 2) for v in round_ba)})")
+        checks.append(ratio_check(f"b/a at {size} px", ratio(b, a), round_ba, TARGETS["b/a"]))
         if classic and size == 100:
-            checks.append(f"- b/c at 100 px ≥ {TARGETS['b/c@100']}: {fmt(ratio(b, c), 2)} "
-                          f"{verdict((ratio(b, c) or 0) >= TARGETS['b/c@100'])} (per round: "
-                          f"{', '.join(fmt(v, 2) for v in round_bc)})")
+            checks.append(ratio_check("b/c at 100 px", ratio(b, c), round_bc, TARGETS["b/c@100"]))
         checks.append(f"- peak RSS growth N → 4N at {size} px < 10%: {100 * growth:+.1f}% "
                       f"{verdict(growth < TARGETS['rss'])}")
         if workers > 1:
@@ -344,11 +351,13 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                 f"| {fmt(c)} | "
                 f"{fmt(ratio(b_w, a_w), 2)} | {fmt(ratio(b_w, c), 2)} | | {w_small['peak_rss_mb']:.0f} → "
                 f"{w_large['peak_rss_mb']:.0f} ({100 * w_growth:+.1f}%) |")
-            checks.append(f"- WORKERS={workers}: b/a at {size} px ≥ {TARGETS['b/a']} (both in {workers} processes): "
-                          f"{fmt(ratio(b_w, a_w), 2)} {verdict((ratio(b_w, a_w) or 0) >= TARGETS['b/a'])}")
+            round_w = per_round[f"extract-w{workers}"]
+            checks.append(ratio_check(f"WORKERS={workers}: b/a at {size} px (both in {workers} processes)",
+                                      ratio(b_w, a_w), [ratio(r, a_w) for r in round_w], TARGETS["b/a"]))
             if classic and size == 100:
-                checks.append(f"- WORKERS={workers}: b/c at 100 px ≥ {TARGETS['b/c@100']}: {fmt(ratio(b_w, c), 2)} "
-                              f"{verdict((ratio(b_w, c) or 0) >= TARGETS['b/c@100'])}")
+                checks.append(ratio_check(f"WORKERS={workers}: b/c at 100 px", ratio(b_w, c),
+                                          [ratio(r, q) for r, q in zip(round_w, per_round["classic"])],
+                                          TARGETS["b/c@100"]))
             checks.append(f"- WORKERS={workers}: peak RSS growth N → 4N at {size} px < 10%: {100 * w_growth:+.1f}% "
                           f"{verdict(w_growth < TARGETS['rss'])}")
         say(f"{size} px: head swap (logreg, dense) on the {4 * base}-image cache")
@@ -382,10 +391,11 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                 bf16_line += (f" End to end, `make extract PRECISION=bfloat16` (marginal {base} → {4 * base}): "
                               f"{fmt(b16)} img/s against float32 {fmt(b)}: ×{fmt(ratio(b16, b), 2)}; cosine of "
                               f"the two caches' features ({4 * base} images, stored as float16) ≥ {cached:.5f}.")
-                checks.append(f"- bfloat16 ≥ ×{TARGETS['bf16']} float32 at {size} px, end to end: "
-                              f"×{fmt(ratio(b16, b), 2)} {verdict((ratio(b16, b) or 0) >= TARGETS['bf16'])}; "
-                              f"cosine ≥ {TARGETS['cosine']} on the cached images: {cached:.5f} "
-                              f"{verdict(cached >= TARGETS['cosine'])}")
+                rounds_16 = [ratio(r, q) for r, q in zip(per_round["extract-bfloat16"], per_round["extract"])]
+                checks.append(ratio_check(f"bfloat16 / float32 at {size} px, end to end", ratio(b16, b), rounds_16,
+                                          TARGETS["bf16"])
+                              + f"; cosine ≥ {TARGETS['cosine']} on the cached images: {cached:.5f} "
+                                f"{verdict(cached >= TARGETS['cosine'])}")
     if not (classic and 100 in sizes):  # a target not measured is said so, not left out
         checks.append(f"- b/c at 100 px ≥ {TARGETS['b/c@100']}: not measured ("
                       + ("no 100 px run" if classic else "the classic loop did not run: it needs tf_keras, "

@@ -7,7 +7,7 @@ import re
 from PIL import Image
 
 from bench.data import TOP_LEVEL_CLASS, user_subsets
-from bench.run import marginal, round_rates, run_bench
+from bench.run import marginal, ratio_check, round_rates, run_bench
 
 
 def test_marginal_rate_cancels_fixed_costs_and_refuses_noise():
@@ -69,14 +69,14 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     # bfloat16: compute-bound beside float32, end to end, and the two caches' features compared image by image.
     assert re.search(r"bfloat16 ≥ ×1\.35 float32 at 71 px, compute-bound: ×\d+\.\d\d (PASS|MISS).*cosine ≥ 0\.999 on "
                      r"tensors: \d\.\d{5} (PASS|MISS)", report)
-    assert re.search(r"bfloat16 ≥ ×1\.35 float32 at 71 px, end to end: ×(n/a|\d+\.\d\d) (PASS|MISS).*cosine ≥ "
-                     r"0\.999 on the cached images: \d\.\d{5} (PASS|MISS)", report)
+    assert re.search(r"bfloat16 / float32 at 71 px, end to end ≥ 1\.35: (n/a|\d+\.\d\d) (PASS|MISS).* \(per round: .*"
+                     r"median .*\); cosine ≥ 0\.999 on the cached images: \d\.\d{5} (PASS|MISS)", report)
     # A target the run could not measure is reported as such, not left out.
     assert "- b/c at 100 px ≥ 1.25: not measured (the classic loop did not run" in report
     # Each round's own marginal rates, and the ratios per round beside the fastest-of verdicts.
     assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); extract-w2 (n/a|\d+\.\d); extract-bfloat16 "
                      r"(n/a|\d+\.\d); b/a (n/a|\d\.\d\d)$", report, re.M)
-    assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d\.\d\d)\)", report)
+    assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d\.\d\d); median (n/a|\d\.\d\d)\)", report)
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
 
 
@@ -110,3 +110,11 @@ def test_worker_peak_rss_is_its_own_not_its_parents():
                          cwd=Path(__file__).resolve().parents[1])
     inherited, own = json.loads(out.stdout)
     assert inherited >= 300 and own < 150
+
+
+def test_a_ratio_passes_only_when_its_rounds_agree():
+    assert "0.97 PASS (per round: 0.96, 0.95, 0.99; median 0.96)" in ratio_check("b/a", 0.97, [0.96, 0.95, 0.99], 0.95)
+    # The fastest N and 4N runs paired across rounds can pass where no round's own pair does.
+    assert "0.96 MISS" in ratio_check("b/a", 0.96, [0.93, 0.94, 0.96], 0.95)
+    assert "median 0.00" in ratio_check("b/a", 0.99, [None, None, 0.99], 0.95)  # rounds within noise count as 0
+    assert "0.90 MISS" in ratio_check("b/a", 0.90, [0.99, 0.99, 0.99], 0.95)
