@@ -112,6 +112,7 @@ class HDF5Writer:
         data_root: str = "",
         versions: dict[str, str] | None = None,
         images_per_second: float | None = None,
+        max_pixels: int | None = None,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,8 @@ class HDF5Writer:
         f.attrs["data_root"] = data_root
         if images_per_second is not None:
             f.attrs["images_per_second"] = float(images_per_second)
+        if max_pixels is not None:  # the MAX_PIXELS images were decoded under: a larger one retries its skips
+            f.attrs["max_pixels"] = int(max_pixels)
         f.attrs["versions"] = json.dumps(versions or {})
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         rows = min(CHUNK_ROWS, max(1, (4 << 20) // (int(np.prod(feature_shape)) * np.dtype(dtype).itemsize)))
@@ -440,13 +443,29 @@ def _slabs(rows: np.ndarray, row_bytes: int) -> Iterator[tuple[int, int]]:
             start = stop
 
 
+def replaceable(path: str | os.PathLike) -> bool:
+    """Whether OVERWRITE=1 may delete ``path``: absent, a headswap cache, or an HDF5 file h5py cannot open (a
+    cache cut short). Never another HDF5 file (e.g. Keras weights) nor any other file."""
+    path = Path(path)
+    if not path.exists():
+        return True
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return True
+
+
 class FeatureCache:
     """Read-only view of a cache file. Use as a context manager.
 
     ``X`` arrays are returned as float32 of shape (n_rows, *feature_shape).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, role: str = "FEATURES"):
+        """``role``: the variable that named ``path`` (FEATURES, or OUT for extract), for the error messages."""
         self.path = Path(path)
         if not self.path.is_file():
             if parts_dir(self.path).is_dir():
@@ -454,11 +473,11 @@ class FeatureCache:
                     f"{self.path} is incomplete: its extraction was interrupted (or is still running). "
                     f"Rerun the same `make extract` command to resume and finish it."
                 )
-            raise CacheError(f"FEATURES={self.path} does not exist. Run `make extract DATA=...` first.")
+            raise CacheError(f"{role}={self.path} does not exist. Run `make extract DATA=...` first.")
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as err:
-            raise CacheError(f"FEATURES={self.path} is not a readable HDF5 file: {err}") from None
+            raise CacheError(f"{role}={self.path} is not a readable HDF5 file: {err}") from None
         fmt = self._f.attrs.get("format")
         version = self._f.attrs.get("format_version")
         if fmt != FORMAT:

@@ -19,7 +19,7 @@ from . import cache as cache_mod
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
 from .backbones import backbone_function, build_backbone, get_backbone, inference_call, weights_identity
 from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
-from .discover import Discovery, Item, discover
+from .discover import DataError, Discovery, Item, discover
 from .workers import WorkerPool, default_workers
 
 POOLINGS = ("avg", "max", "none")
@@ -105,6 +105,9 @@ def augmentation_config(augment: str | None, rounds: int, seed: int) -> dict[str
         raise ValueError(f"ROUNDS={rounds} must be 0 or more")
     if rounds and not spec.enabled:
         raise ValueError(f"ROUNDS={rounds} needs an augmentation: set AUGMENT=tutorial, epiuse or key=value pairs")
+    if spec.enabled and not rounds:
+        raise ValueError(f"AUGMENT={augment} adds augmented views only with ROUNDS=K (K views of every training "
+                         f"image besides the clean one): set ROUNDS=1 or more, or leave AUGMENT unset")
     return {**spec.as_config(), "rounds": rounds if spec.enabled else 0, "seed": int(seed)}
 
 
@@ -170,7 +173,31 @@ def replica_strategy(devices: Sequence[str] | None = None):
             pass
     if devices is None:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-    return tf.distribute.MirroredStrategy(list(devices)) if len(devices) > 1 else None
+        return tf.distribute.MirroredStrategy(devices) if len(devices) > 1 else None
+    visible = tf.config.list_logical_devices()
+    known = {_device_key(tf, d.name): d.name for d in visible}
+    unknown = [d for d in devices if _device_key(tf, d) not in known]
+    if unknown or not devices:
+        raise ValueError(f"DEVICES={','.join(devices)}: {', '.join(unknown) or 'no device given'} "
+                         f"{'is' if len(unknown) < 2 else 'are'} not a device of this machine; it has "
+                         f"{', '.join(_short_name(d.name) for d in visible)}")
+    names = [known[_device_key(tf, d)] for d in devices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"DEVICES={','.join(devices)} names a device twice")
+    return tf.distribute.MirroredStrategy(names)  # one named device too: its backbone runs there
+
+
+def _device_key(tf, name: str) -> tuple[str, int] | None:
+    """('GPU', 0) for '/gpu:0', 'GPU:0' or '/job:localhost/replica:0/task:0/device:GPU:0'; None if unparsable."""
+    try:
+        spec = tf.DeviceSpec.from_string(name if name.startswith("/") else f"/device:{name}")
+    except ValueError:
+        return None
+    return (spec.device_type or "").upper(), spec.device_index if spec.device_index is not None else 0
+
+
+def _short_name(name: str) -> str:
+    return "/" + name.rsplit("device:", 1)[-1].lower()
 
 
 # Images per Python decode call for augmented views (each then goes through the augmentation layers on its
@@ -309,11 +336,14 @@ def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
     return {it.relpath: (1 + k if it.split == "train" else 1) for it in found.items}
 
 
-def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str) -> Plan:
+def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Plan:
     """Decide between up to date, resume, incremental update and a fresh run; refuse a clash.
 
     Rows are reused from ``path`` when it holds the same config (ROUNDS aside) or, when ``path``
-    does not exist yet, from a complete sibling cache that differs only in ROUNDS.
+    does not exist yet, from a complete sibling cache that differs only in ROUNDS. A cache of another
+    folder (a data set of the same name elsewhere) is never updated into this one. Images skipped for
+    their size are retried when ``max_pixels`` is above the limit they were skipped under.
     """
     key, base = cache_mod.config_key(config), cache_mod.base_key(config)
     rounds = wanted_rounds(found, config)
@@ -323,20 +353,28 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
     source = path if path.exists() else cache_mod.find_sibling(path, config)
     if source is not None:
         try:
-            with cache_mod.FeatureCache(source) as c:
+            with cache_mod.FeatureCache(source, role="OUT") as c:
                 if cache_mod.base_key(c.config) != base:
                     raise cache_mod.CacheError(
                         f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
                         f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
                     )
-                if c.complete and c.fingerprint == fingerprint and c.attrs.get("config_key") == key:
+                same_data = c.fingerprint == fingerprint
+                if not same_data and c.data_root is not None and c.data_root != Path(found.root):
+                    raise cache_mod.CacheError(
+                        f"{source} holds features of {c.data_root}, not of DATA={found.root} (another folder of "
+                        f"the same name?). Pass OUT=<another file.h5> to keep both caches, or OVERWRITE=1 to "
+                        f"replace it.")
+                skipped_before = [p for p, reason in c.skipped()]
+                too_big = [p for p, reason in c.skipped() if reason.startswith("too many pixels")]
+                retry_big = too_big and max_pixels > int(c.attrs.get("max_pixels", DEFAULT_MAX_PIXELS))
+                if c.complete and same_data and c.attrs.get("config_key") == key and not retry_big:
                     return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(c.skipped()):,} skipped); "
                                           f"nothing to do", up_to_date=True)
                 old_k = c.config["augmentation"].get("rounds", 0)
                 have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
-                same_data = c.fingerprint == fingerprint
         except cache_mod.CacheError as err:
-            if "another config" in str(err):
+            if "another config" in str(err) or "not of DATA=" in str(err):
                 raise
             raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
         old = source
@@ -344,14 +382,18 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
             messages.append(f"reusing the rows of {source.name} (same config with ROUNDS={old_k})")
         if old_k != config["augmentation"]["rounds"]:
             messages.append(f"ROUNDS {old_k} → {config['augmentation']['rounds']}: only missing rounds are extracted")
+        if retry_big:
+            messages.append(f"MAX_PIXELS={max_pixels:,} is above the limit {len(too_big):,} images were skipped under: "
+                            f"retrying them")
         if not same_data:
             current = {it.relpath: it.stamp for it in found.items}
-            old_paths = {p for p, _ in have}
-            added = sum(p not in old_paths for p in current)
-            removed = sum(p not in current for p in old_paths)
-            modified = sum(p in old_paths and have.get((p, 0)) != st for p, st in current.items())
+            given = set(current) | {s.relpath for s in found.skipped}
+            old_paths = {p for p, _ in have} | set(skipped_before)
+            added, removed = len(given - old_paths), len(old_paths - given)
+            modified = sum(p in old_paths and (p, 0) in have and have[(p, 0)] != st for p, st in current.items())
             messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
-                            f"{modified:,} modified")
+                            f"{modified:,} modified" + ("" if added or removed or modified else
+                                                       " (labels or splits changed: the rows are relabelled)"))
     parts = cache_mod.parts_dir(path)
     if parts.is_dir():
         parts_key = cache_mod.parts_config_key(parts)
@@ -411,6 +453,8 @@ def extract_features(
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError("a WORKERS= worker process re-ran the script that started it (Python's spawn imports "
                            "the main script): call extract_features under `if __name__ == \"__main__\":`")
+    if int(max_pixels) < 1:
+        raise ValueError(f"MAX_PIXELS={max_pixels} must be at least 1 pixel (default {DEFAULT_MAX_PIXELS:,})")
     if workers is not None and int(workers) < 1:
         raise ValueError(f"WORKERS={workers} must be at least 1 process (1: extract in this process)")
     if workers is not None and int(workers) > 1 and devices:
@@ -424,13 +468,14 @@ def extract_features(
     batch_size = int(batch_size) if batch_size is not None else default_batch_size(config["size"])
     path = Path(out) if out is not None else cache_mod.default_path(found.name, config, cache_dir)
     fingerprint = found.fingerprint()
+    check_out(path, Path(found.root))
     with cache_mod.CacheLock(path) as lock:
         if lock.took_over_from:
             log(f"note: took over a stale lock left by pid {lock.took_over_from}, which is no longer running")
         if overwrite:
             path.unlink(missing_ok=True)
             shutil.rmtree(cache_mod.parts_dir(path), ignore_errors=True)
-        plan = plan_extraction(path, config, found, fingerprint)
+        plan = plan_extraction(path, config, found, fingerprint, max_pixels)
         if plan.message:
             log(plan.message)
         if plan.up_to_date:
@@ -446,7 +491,8 @@ def extract_features(
         elif plan.views:
             strategy = replica_strategy(devices)
             if strategy is not None:
-                log(f"{strategy.num_replicas_in_sync} replicas: {', '.join(strategy.extended.worker_devices)}")
+                n = strategy.num_replicas_in_sync
+                log(f"{n} replica{'s' if n > 1 else ''}: {', '.join(strategy.extended.worker_devices)}")
             model = load_backbone(config, strategy)
         else:
             kept_shape = _old_feature_shape(plan.old) or cache_mod.parts_feature_shape(cache_mod.parts_dir(path))
@@ -466,7 +512,7 @@ def extract_features(
             wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
             old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
             feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root,
-            versions=_versions(), images_per_second=throughput,
+            versions=_versions(), images_per_second=throughput, max_pixels=max_pixels,
         )
         seconds = time.perf_counter() - start
     with cache_mod.FeatureCache(path) as c:
@@ -482,6 +528,17 @@ def extract_features(
     log(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
     return ExtractResult(path, rows, len(all_skips), seconds,
                          worker_peak_rss_mb=tuple(pool.peak_rss_mb) if pool is not None else ())
+
+
+def check_out(path: Path, data_root: Path) -> None:
+    """Refuse a cache path inside the image folder, or a file there that is not a cache (OVERWRITE=1 included)."""
+    resolved = path.resolve()
+    if data_root == resolved.parent or data_root in resolved.parents:
+        raise DataError(f"OUT={path} is inside DATA={data_root}: the cache would be taken for an image of the data "
+                        f"set. Put it elsewhere, e.g. OUT={cache_mod.DEFAULT_DIR}/{path.name}")
+    if not cache_mod.replaceable(path):
+        raise cache_mod.CacheError(f"OUT={path} exists and is not a headswap cache; headswap replaces only its own "
+                                   f"caches, even with OVERWRITE=1. Choose another OUT= (a new .h5 file)")
 
 
 def _assemble_or_explain(path: Path, **kwargs: Any) -> int:

@@ -1,0 +1,109 @@
+"""What extract refuses or redoes so that nothing is lost: other folders' caches, files that are not caches,
+images skipped under a smaller MAX_PIXELS, settings that would do nothing, devices that do not exist."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import SIZE, draw, write_class_folders
+
+from extract import CacheError, DataError, FeatureCache, extract_features
+from extract.pipeline import replica_strategy
+
+KW = {"size": SIZE, "weights": "none", "dtype": "float32", "progress": False}
+
+
+def quiet(logs: list[str] | None = None) -> dict:
+    return {**KW, "log": (logs.append if logs is not None else lambda m: None)}
+
+
+def test_a_same_named_folder_elsewhere_does_not_replace_the_cache(tmp_path):
+    first = write_class_folders(tmp_path / "a" / "train", per_class=3)
+    other = write_class_folders(tmp_path / "b" / "train", per_class=2, seed=5)
+    cache = extract_features(first, cache_dir=tmp_path / "fc", **quiet()).path
+    with FeatureCache(cache) as c:
+        before = (c.column("path").tolist(), c.features().copy())
+    with pytest.raises(CacheError, match=r"holds features of .*/a/train, not of DATA=.*/b/train.*OUT=.*OVERWRITE=1"):
+        extract_features(other, cache_dir=tmp_path / "fc", **quiet())
+    with FeatureCache(cache) as c:
+        assert c.column("path").tolist() == before[0] and np.array_equal(c.features(), before[1])
+    # The way out the message names: another OUT= keeps both.
+    both = extract_features(other, cache_dir=tmp_path / "fc", out=tmp_path / "fc" / "b.h5", **quiet())
+    assert both.rows == 6 and both.path != cache
+
+
+def test_out_never_replaces_a_file_that_is_not_a_cache(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("id,breed\n")
+    for overwrite in (False, True):
+        with pytest.raises(CacheError, match=r"OUT=.*labels.csv exists and is not a headswap cache.*even with "
+                                             r"OVERWRITE=1"):
+            extract_features(data, out=csv, overwrite=overwrite, **quiet())
+    assert csv.read_text() == "id,breed\n"
+    image = data / "circle" / "circle_00.png"
+    image_bytes = image.read_bytes()
+    with pytest.raises(DataError, match=r"OUT=.*circle_00.png is inside DATA="):
+        extract_features(data, out=image, overwrite=True, **quiet())
+    assert image.read_bytes() == image_bytes
+    # A cache of its own is still replaced by OVERWRITE=1.
+    cache = extract_features(data, out=tmp_path / "c.h5", **quiet()).path
+    logs: list[str] = []
+    assert extract_features(data, out=cache, overwrite=True, **quiet(logs)).rows == 6
+    assert not any(line.startswith("up to date") for line in logs)
+
+
+def test_raising_max_pixels_retries_the_images_skipped_for_their_size(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    draw("circle", np.random.default_rng(9), w=400, h=300).save(data / "circle" / "big.png")
+    small = extract_features(data, out=tmp_path / "c.h5", max_pixels=100_000, **quiet())
+    with FeatureCache(small.path) as c:
+        assert [p for p, r in c.skipped() if r.startswith("too many pixels")] == ["circle/big.png"]
+    logs: list[str] = []
+    again = extract_features(data, out=tmp_path / "c.h5", max_pixels=100_000, **quiet(logs))
+    assert again.up_to_date
+    logs.clear()
+    bigger = extract_features(data, out=tmp_path / "c.h5", **quiet(logs))
+    assert not bigger.up_to_date and any("retrying them" in line for line in logs)
+    with FeatureCache(bigger.path) as c:
+        assert "circle/big.png" in c.column("path").tolist() and c.skipped() == [] and c.n_rows == 7
+    assert extract_features(data, out=tmp_path / "c.h5", **quiet()).up_to_date
+    with pytest.raises(ValueError, match="MAX_PIXELS=0 must be at least 1"):
+        extract_features(data, out=tmp_path / "c.h5", max_pixels=0, **quiet())
+
+
+def test_change_counts_say_what_changed_skipped_files_included(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    (data / "square" / "broken.png").write_bytes(b"not a png")
+    cache = tmp_path / "c.h5"
+    extract_features(data, out=cache, **quiet())
+    rng = np.random.default_rng(3)
+    for name in ("new1.png", "new2.png"):
+        draw("circle", rng).save(data / "circle" / name)
+    (data / "square" / "broken.png").unlink()  # skipped before, now gone
+    (data / "stripes" / "stripes_00.png").unlink()
+    touched = data / "square" / "square_00.png"
+    draw("square", rng).save(touched)
+    os.utime(touched, (1e9, 1e9))
+    logs: list[str] = []
+    extract_features(data, out=cache, **quiet(logs))
+    assert any("2 added, 2 removed, 1 modified" in line for line in logs), logs
+
+
+def test_augment_without_rounds_is_refused(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    with pytest.raises(ValueError, match=r"AUGMENT=tutorial adds augmented views only with ROUNDS=K"):
+        extract_features(data, out=tmp_path / "c.h5", augment="tutorial", rounds=0, **quiet())
+
+
+def test_devices_must_exist_on_this_machine():
+    with pytest.raises(ValueError, match=r"DEVICES=/gpu:7: /gpu:7 is not a device of this machine; it has /cpu:0"):
+        replica_strategy(["/gpu:7"])
+    with pytest.raises(ValueError, match=r"bogus is not a device"):
+        replica_strategy(["bogus"])
+    with pytest.raises(ValueError, match="names a device twice"):
+        replica_strategy(["/cpu:0", "CPU:0"])
+    one = replica_strategy(["/cpu:0"])  # one named device: its backbone runs there
+    assert one.num_replicas_in_sync == 1 and one.extended.worker_devices[0].endswith("CPU:0")
