@@ -524,7 +524,9 @@ def extract_features(
     else:
         log(f"0 of {n_given:,} images skipped")
     log(f"extracted {len(plan.views) - len(skip_reasons):,} views in {seconds:,.1f} s "
-        f"({len(plan.views) / max(seconds, 1e-9):,.1f} images/s); {rows:,} rows in the cache")
+        f"({len(plan.views) / max(seconds, 1e-9):,.1f} images/s"
+        + (f"; {throughput:,.1f} images/s once the backbone was built" if throughput else "")
+        + f"); {rows:,} rows in the cache")
     log(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
     return ExtractResult(path, rows, len(all_skips), seconds,
                          worker_peak_rss_mb=tuple(pool.peak_rss_mb) if pool is not None else ())
