@@ -10,13 +10,14 @@ Two layouts:
 
 Every file found is either an :class:`Item` to extract or a :class:`Skip` with a reason;
 nothing is dropped silently. Hidden files (``.DS_Store``, ``._x.jpg``) are the one exception.
+Symlinked folders are followed like real ones; a symlink back to a folder above it (a loop) and a folder
+that cannot be listed are skipped with their reason. A class folder with no files is not a class (a note).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,22 +85,63 @@ def split_fraction(relpath: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _walk_files(root: Path) -> list[str]:
-    """Relative paths of every non-hidden entry below ``root`` that is not a directory, sorted.
+@dataclass
+class _Tree:
+    """What is below a folder, following symlinked folders; relative paths, sorted."""
 
-    Broken symlinks and symlink loops are returned too, so they can be reported as skipped.
+    files: list[str]  # every non-hidden entry that is not a folder: broken symlinks and file symlink loops too
+    folders: list[str]  # every folder descended into, symlinked ones included
+    problems: dict[str, str]  # folders not descended into, with why: symlink loops, unreadable folders
+
+    def skips(self, prefix: str = "") -> list[Skip]:
+        return [Skip(prefix + rel, reason) for rel, reason in sorted(self.problems.items())]
+
+
+def _walk(root: Path) -> _Tree:
+    """Every non-hidden entry below ``root``, descending into symlinked folders as into real ones.
+
+    A symlinked folder that points at itself or at a folder above it (a loop) is not descended into and is
+    reported in ``problems``, as is a folder that cannot be listed; nothing below ``root`` is left out silently.
     """
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
-        for d in list(dirnames):  # a symlinked directory: os.walk lists it but does not descend
-            full = os.path.join(dirpath, d)
-            if os.path.islink(full):
-                found.append(os.path.relpath(full, root))
-    return sorted(found)
+    files, folders, problems = [], [], {}
+    stack = [(os.fspath(root), "", frozenset({os.path.realpath(root)}))]
+    while stack:
+        path, rel, above = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError as err:
+            if not rel:
+                raise DataError(f"{root} cannot be read ({err.strerror}). Check its permissions.") from None
+            problems[rel] = f"unreadable folder: {err.strerror}; its images were not listed"
+            folders.remove(rel)
+            continue
+        for entry in entries:
+            entry_rel = os.path.join(rel, entry.name) if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; False for broken ones and file symlink loops
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(entry_rel)
+                continue
+            real = os.path.realpath(entry.path)
+            if real in above:
+                problems[entry_rel] = (f"symlink loop: {entry_rel} points to {os.readlink(entry.path)}, "
+                                       f"a folder above it; not followed") if entry.is_symlink() else \
+                    f"folder loop: {entry_rel} is {real}, a folder above it; not followed"
+                continue
+            folders.append(entry_rel)
+            stack.append((entry.path, entry_rel, above | {real}))
+    return _Tree(sorted(files), sorted(folders), problems)
+
+
+def _walk_files(root: Path) -> list[str]:
+    """Relative paths of every non-hidden entry below ``root`` that is not a folder, sorted; symlinked folders
+    are followed. Broken symlinks, symlink loops and unreadable folders are returned too, so that whoever
+    reads them reports them as failed (``heads.predict`` uses this)."""
+    tree = _walk(root)
+    return sorted(tree.files + list(tree.problems))
 
 
 def _check_root(data: Path, what: str = "DATA") -> None:
@@ -123,28 +165,46 @@ def _assign_splits(rel_labels: list[tuple[str, int]], val: float, seed: int) -> 
     return splits
 
 
-def _class_folder_items(root: Path, class_names: list[str] | None, prefix: str = "") -> tuple[
-    list[tuple[str, str, int]], list[Skip], list[str]
+def _class_folder_items(root: Path, class_names: list[str] | None, prefix: str = "",
+                        empty_classes: tuple[str, ...] = ()) -> tuple[
+    list[tuple[str, str, int]], list[Skip], list[str], list[str]
 ]:
-    """(relpath, abspath, label) for ``root/<class>/<file>``; files elsewhere are skipped."""
-    classes = class_names or sorted(
-        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-    )
+    """(relpath, abspath, label) for ``root/<class>/<file>``; files elsewhere are skipped.
+
+    With ``class_names`` None the classes are the folders of ``root`` (symlinked ones too) that hold at least
+    one file; an empty one is not a class. ``empty_classes`` (the training set's empty folders) only sharpen
+    an error. Returns rows, skipped, classes and the empty class folders.
+    """
+    tree = _walk(root)
+    top = [f for f in tree.folders if len(Path(f).parts) == 1]
+    with_files = {Path(rel).parts[0] for rel in tree.files if len(Path(rel).parts) > 1}
+    empty = [f for f in top if f not in with_files]
+    classes = class_names or [f for f in top if f in with_files]
     index = {c: i for i, c in enumerate(classes)}
-    rows, skipped = [], []
-    for rel in _walk_files(root):
+    rows, skipped = [], tree.skips(prefix)
+    for rel in tree.files:
         parts = Path(rel).parts
         shown = prefix + rel
-        if len(parts) < 2:
+        if len(parts) < 2 and os.path.islink(root / rel) and not os.path.exists(root / rel):
+            skipped.append(Skip(shown, f"broken symlink: points to {os.readlink(root / rel)}"))
+        elif len(parts) < 2:
             skipped.append(Skip(shown, "not in a class folder: put it in DATA/<class>/"))
         elif parts[0] not in index:
+            emptied = f" (its training folder {parts[0]}/ is empty)" if parts[0] in empty_classes else ""
             raise DataError(
-                f"{root}/{parts[0]} is a class folder that the training set does not have; "
+                f"{root}/{parts[0]} is a class folder that the training set does not have{emptied}; "
                 f"training classes are: {', '.join(classes)}"
             )
         else:
             rows.append((shown, str(root / rel), index[parts[0]]))
-    return rows, skipped, classes
+    return rows, sorted(skipped, key=lambda sk: sk.relpath), classes, empty
+
+
+def _empty_class_note(folder: str, test: bool = False) -> str:
+    if test:
+        return f"class folder {folder}/ is empty: that class has no test images"
+    name = Path(folder).name
+    return f"class folder {folder}/ is empty, so {name} is not one of the classes; put images in it to make it one"
 
 
 def _csv_items(
@@ -152,8 +212,23 @@ def _csv_items(
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str]]:
     if not labels_csv.is_file():
         raise DataError(f"LABELS={labels_csv} does not exist.")
-    table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"LABELS={labels_csv} is empty; it needs a header line (e.g. id,breed) and one row per image."
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"LABELS={labels_csv} is not a readable CSV ({str(err).strip()}); it needs a header line "
+            f"(e.g. id,breed) and one comma-separated row per image."
+        ) from None
     cols = list(table.columns)
+    if table.empty:
+        raise DataError(
+            f"LABELS={labels_csv} has no rows (only a header: {','.join(map(str, cols))}); add one row per image, "
+            f"e.g. <id>,<label>."
+        )
     id_col = id_col or next((c for c in ("id", "ID", "Id", "image", "filename", "file") if c in cols), None)
     if id_col is None or id_col not in cols:
         raise DataError(
@@ -185,18 +260,19 @@ def _csv_items(
             f"{', '.join(empty.iloc[:3])}. Fill them in or remove those rows."
         )
     notes = []
-    files = _walk_files(root)
+    tree = _walk(root)
+    files = tree.files
     by_full = {f: f for f in files}
     by_stem: dict[str, str] = {}
     for f in files:
         by_stem.setdefault(os.path.splitext(f)[0], f)
-    root_resolved = root.resolve()
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     rows, missing, used = [], [], set()
     for image_id, label in zip(ids, labels):
-        target = (root / image_id).resolve()
-        if root_resolved not in target.parents and target != root_resolved:
+        # Checked on the id's text, not on the resolved path: a symlink inside DATA may point elsewhere.
+        norm = os.path.normpath(image_id)
+        if os.path.isabs(image_id) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
             raise DataError(f"id {image_id!r} in {labels_csv.name} resolves outside DATA={root}; ids must be relative")
         rel = by_full.get(image_id) or by_stem.get(image_id)
         if rel is None:
@@ -210,7 +286,7 @@ def _csv_items(
             f"{', '.join(missing[:5])}. Fix DATA= or remove those rows."
         )
     extra = [f for f in files if f not in used]
-    skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra]
+    skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra] + tree.skips()
     if extra:
         notes.append(f"{len(extra)} files in DATA are not in {labels_csv.name} (listed as skipped), e.g. {extra[0]}")
     return rows, skipped, classes, notes
@@ -230,13 +306,17 @@ def discover(
     _check_root(data)
     notes: list[str] = []
     labelled_test: list[tuple[str, str, int]] = []
+    empty: list[str] = []  # class folders with no files
     if labels is not None:
         rows, skipped, classes, notes = _csv_items(data, Path(labels), id_col, label_col)
         name = data.resolve().parent.name if data.name in ("train", "images") else data.resolve().name
     elif (data / "train").is_dir() and (data / "test").is_dir():
-        rows, skipped, classes = _class_folder_items(data / "train", None, prefix="train/")
-        labelled_test, test_skipped, _ = _class_folder_items(data / "test", classes, prefix="test/")
+        rows, skipped, classes, empty = _class_folder_items(data / "train", None, prefix="train/")
+        labelled_test, test_skipped, _, test_empty = _class_folder_items(
+            data / "test", classes, prefix="test/", empty_classes=tuple(empty))
         skipped += test_skipped
+        notes = [_empty_class_note(f"train/{f}") for f in empty]
+        notes += [_empty_class_note(f"test/{f}", test=True) for f in test_empty if f not in empty]
         skipped += [Skip(rel, "not in train/ or test/: with DATA/train and DATA/test, only those are read")
                     for rel in _walk_files(data) if Path(rel).parts[0] not in ("train", "test")]
         name = data.resolve().name
@@ -249,27 +329,31 @@ def discover(
                 f"DATA/test/<class>/ as a labelled test set: point DATA= at the training folder, or arrange "
                 f"train/ and test/."
             )
-        rows, skipped, classes = _class_folder_items(data, None)
+        rows, skipped, classes, empty = _class_folder_items(data, None)
+        notes = [_empty_class_note(f) for f in empty]
         name = data.resolve().name
     if not rows:
         raise DataError(f"DATA={data} has no images. Use one subfolder per class, or pass LABELS=<csv>.")
     if len(classes) < 2:
+        emptied = " (its other class folders are empty)" if labels is None and empty else ""
         raise DataError(
-            f"DATA={data} has only one class ({classes[0]!r}); a classifier needs at least 2."
+            f"DATA={data} has only one class with images ({classes[0]!r}){emptied}; a classifier needs at least 2."
         )
     counts = Counter(label for _, _, label in rows)
     lonely = [classes[i] for i, n in sorted(counts.items()) if n == 1]
-    if lonely:
-        msg = f"{len(lonely)} classes have a single image (kept in train, none in val), e.g. {lonely[0]}"
-        warnings.warn(msg, stacklevel=2)
-        notes.append(msg)
+    if lonely:  # a note, which extract_features logs once as `note: ...` (no warnings.warn: that printed it twice)
+        has = "1 class has" if len(lonely) == 1 else f"{len(lonely)} classes have"
+        notes.append(f"{has} a single image (kept in train, none in val): {', '.join(lonely[:5])}"
+                     + (", ..." if len(lonely) > 5 else ""))
     splits = _assign_splits([(rel, label) for rel, _, label in rows], val, seed)
     items = [Item(rel, path, label, splits[rel], file_stamp(path)) for rel, path, label in rows]
     items += [Item(rel, path, label, TEST, file_stamp(path)) for rel, path, label in labelled_test]
     if test is not None:
         test = Path(test)
         _check_root(test, "TEST")
+        test_tree = _walk(test)
         items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST, file_stamp(str(test / rel)))
-                  for rel in _walk_files(test)]
+                  for rel in test_tree.files]
+        skipped += test_tree.skips("test/")
     return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped,
                      notes=notes)
