@@ -517,6 +517,14 @@ def extract_features(
         seconds = time.perf_counter() - start
     with cache_mod.FeatureCache(path) as c:
         all_skips = [r for _, r in c.skipped()]
+        trained = set(c.column("label")[c.column("split") == "train"].tolist())
+    unusable = [name for i, name in enumerate(found.class_names) if i not in trained]
+    if unusable:  # discovery found images of the class, but decoding skipped them (or they went to val)
+        has = "1 class has" if len(unusable) == 1 else f"{len(unusable)} classes have"
+        log(f"WARNING: {has} no training row (images skipped, or all in val): {', '.join(unusable[:5])}"
+            + (", ..." if len(unusable) > 5 else "") + "; heads cannot learn "
+            + ("it" if len(unusable) == 1 else "them") + ". Fix those images (`make verify` lists why) or "
+            "remove the folder, then rerun.")
     n_given = len(found.items) + len(found.skipped)
     if all_skips:
         log(f"{len(all_skips):,} of {n_given:,} images skipped ({_summarise_skips(all_skips)}); "

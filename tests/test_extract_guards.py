@@ -107,3 +107,17 @@ def test_devices_must_exist_on_this_machine():
         replica_strategy(["/cpu:0", "CPU:0"])
     one = replica_strategy(["/cpu:0"])  # one named device: its backbone runs there
     assert one.num_replicas_in_sync == 1 and one.extended.worker_devices[0].endswith("CPU:0")
+
+
+def test_a_class_whose_images_all_fail_to_decode_is_warned_about(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    (data / "eel").mkdir()
+    (data / "eel" / "junk.png").write_bytes(b"not a png")
+    logs: list[str] = []
+    result = extract_features(data, out=tmp_path / "c.h5", **quiet(logs))
+    assert result.rows == 9 and result.skipped == 1
+    warning = "WARNING: 1 class has no training row (images skipped, or all in val): eel; heads cannot learn it."
+    assert warning in "\n".join(logs)
+    logs.clear()
+    extract_features(write_class_folders(tmp_path / "ok", per_class=3), out=tmp_path / "ok.h5", **quiet(logs))
+    assert not any("no training row" in line for line in logs)
