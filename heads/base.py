@@ -117,14 +117,35 @@ def standardized_linear(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef
     return ((flat(X) - mean) / scale) @ coef.T + intercept
 
 
-def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0):
-    """Stratified folds, as many as the rarest class allows (at most ``wanted``, at least 2)."""
+class RareClassError(ValueError):
+    """A class has too few training rows for a head (its cross-validation needs 2 of every class).
+
+    Heads see integer labels only, so the message names ``class <label>``; ``train_head`` re-raises
+    it with the class's name (:meth:`named`), and ``compare-heads`` skips such a head with the
+    message as its note.
+    """
+
+    def __init__(self, what: str, label: int, count: int, fix: str = "", name: str | None = None):
+        self.what, self.label, self.count, self.fix = what, int(label), int(count), fix
+        shown = repr(name) if name is not None else str(self.label)
+        super().__init__(f"{what} needs at least 2 training rows of every class for cross-validation; "
+                         f"class {shown} has {self.count}" + (f": {fix}" if fix else ""))
+
+    def named(self, class_names: list[str]) -> "RareClassError":
+        """The same error, naming the class by its name in ``class_names``."""
+        return RareClassError(self.what, self.label, self.count, self.fix, class_names[self.label])
+
+
+def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0, fix: str = ""):
+    """Stratified folds, as many as the rarest class allows (at most ``wanted``, at least 2).
+
+    Raises :class:`RareClassError` (``fix``: how to get past it) when a class has fewer than 2 rows.
+    """
     from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415
 
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
-        raise ValueError(f"{what} needs at least 2 training rows of every class for cross-validation; "
-                         f"class {classes[counts.argmin()]} has {counts.min()}")
+        raise RareClassError(what, classes[counts.argmin()], counts.min(), fix)
     return StratifiedKFold(n_splits=int(min(wanted, counts.min())), shuffle=True, random_state=seed)
 
 

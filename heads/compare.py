@@ -11,6 +11,7 @@ import pandas as pd
 
 from extract.cache import DEFAULT_DIR
 
+from .base import RareClassError
 from .registry import head_class, list_heads
 from .train import (
     RANDOM_WEIGHTS_NOTE,
@@ -66,9 +67,12 @@ def compare_heads(
 
     Reads only the cache file(s), never the images. Returns one row per head with val accuracy,
     top-5, log loss, test accuracy (labelled test rows), train accuracy, fit seconds and
-    predict milliseconds per image (``predict_proba`` on the val rows). With
-    ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` after writing everything when
-    any head's val accuracy is lower.
+    predict milliseconds per image (``predict_proba`` on the val rows). A head that cannot be
+    fitted on this data (:class:`~heads.base.RareClassError`, e.g. linear-svm when a class has one
+    training row) is skipped: its row is n/a with a ``note`` column saying why, and the others
+    still run; when every head is skipped, the error is raised. With ``assert_accuracy``, raises
+    :class:`AccuracyBelowThreshold` after writing everything when any head's val accuracy is
+    lower, or a head was skipped.
     """
     check_threshold(assert_accuracy)
     paths = feature_paths(features, cache_dir)
@@ -83,13 +87,30 @@ def compare_heads(
     stem = "+".join(p.stem for p in paths)
     out_dir = Path(out_dir) if out_dir else Path("runs") / stem
     metrics: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, RareClassError] = {}
     for name in heads:
-        metrics.append(train_head(name, paths, out_dir / name, cache_dir=cache_dir, log=log).metrics)
-    table = pd.DataFrame([{k: m.get(k) for k in COLUMNS} for m in metrics], columns=list(COLUMNS))
-    table = table.astype({k: float for k in COLUMNS[1:]})  # None (no labelled test rows) → NaN
+        try:
+            metrics.append(train_head(name, paths, out_dir / name, cache_dir=cache_dir, log=log).metrics)
+        except RareClassError as err:  # this data cannot fit this head: say why, train the others
+            log(f"skipping {name}: {err}")
+            skipped[name] = err
+            rows.append({"head": name, "note": f"skipped: {err}"})
+        else:
+            rows.append({k: metrics[-1].get(k) for k in COLUMNS})
+    if not metrics:
+        if len(skipped) == 1:
+            raise next(iter(skipped.values()))
+        raise ValueError(f"no head could be trained on {','.join(map(str, paths))}: "
+                         + "; ".join(f"{h}: {e}" for h, e in skipped.items()))
+    columns = [*COLUMNS, "note"] if skipped else list(COLUMNS)
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.astype({k: float for k in COLUMNS[1:]})  # None (no labelled test rows, skipped) → NaN
+    if skipped:
+        table["note"] = table["note"].fillna("")
     note = next((m["note"] for m in metrics if m["note"]), "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_comparison(table, out_dir / "compare.png",
+    plot_comparison(table[~table["head"].isin(list(skipped))], out_dir / "compare.png",
                     title=f"heads on {stem}" + (f"\n{RANDOM_WEIGHTS_NOTE}" if note else ""))
     cells = table.astype(object).where(table.notna(), None)  # tabulate writes n/a only for None
     md = (f"# Heads on `{', '.join(p.name for p in paths)}`\n\n"
@@ -100,12 +121,16 @@ def compare_heads(
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out_dir / "compare.md").write_text(md)
-    log(f"\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}', na_rep='n/a')}")
+    shown = table.drop(columns=["note"]) if skipped else table  # the notes are long: listed below instead
+    log(f"\n{shown.to_string(index=False, float_format=lambda v: f'{v:.4f}', na_rep='n/a')}")
     if note:
         log(f"NOTE: {RANDOM_WEIGHTS_NOTE}")
     log(f"wrote {out_dir / 'compare.md'} and {out_dir / 'compare.png'}")
+    for name, err in skipped.items():
+        log(f"skipped {name}: {err}")
     if assert_accuracy is not None:
-        failures = accuracy_failures(metrics, assert_accuracy)
+        # A skipped head has no accuracy: like n/a, it does not pass the gate.
+        failures = accuracy_failures(metrics, assert_accuracy) + [f"{h} skipped: {e}" for h, e in skipped.items()]
         if failures:
             raise AccuracyBelowThreshold("; ".join(failures))
         log(f"ASSERT_ACCURACY={assert_accuracy:g} passed for {', '.join(heads)}")

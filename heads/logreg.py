@@ -40,7 +40,8 @@ class LogisticRegressionHead(Head):
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
         losses = np.zeros(len(C_GRID))
-        folds = cv_folds(y, CV_FOLDS, "C=auto")
+        folds = cv_folds(y, CV_FOLDS, "C=auto",
+                         fix="add training images of that class, or set C to a number, e.g. C=1")
         for train, held_out in folds.split(X, y):
             scaler = StandardScaler().fit(X[train])
             model = LogisticRegression(max_iter=int(self.max_iter), warm_start=True)

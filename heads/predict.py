@@ -29,6 +29,17 @@ def _image_paths(images: Path) -> list[Path]:
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
 
 
+def read_run_info(run: Path) -> dict:
+    """``run/run.json``; a folder that is not a run gets a FileNotFoundError saying what to pass instead."""
+    info_file = run / "run.json"
+    if not info_file.is_file():
+        inside = sorted(d.name for d in run.iterdir() if (d / "run.json").is_file()) if run.is_dir() else []
+        hint = (f"it holds the runs {', '.join(inside)}, e.g. RUN={run / inside[0]}" if inside
+                else "train one with `make train-head`; runs are under runs/<cache>/<head>/")
+        raise FileNotFoundError(f"RUN={run} is not a run folder (no {info_file.name}); {hint}")
+    return json.loads(info_file.read_text())
+
+
 def _embed_with(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
     """Features (n, *feature_shape) of the backbone ``config`` describes, and per image '' or why it failed."""
     from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
@@ -61,11 +72,13 @@ def predict(
     ``id`` plus one probability column per class, in class order.
     """
     run = Path(run)
-    info = json.loads((run / "run.json").read_text())
+    info = read_run_info(run)
     # A run on joined caches (FEATURES=a.h5,b.h5) lists every cache's config in cache_configs.
     configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
     head = load_head(run / "head")
     paths = _image_paths(Path(images))
+    if not paths:
+        raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
     if any(c["weights"]["kind"] == "none" for c in configs):
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
     n = len(paths)

@@ -186,7 +186,7 @@ def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         return str(v)
     keys = ("val_accuracy", "val_top5_accuracy", "val_log_loss", "train_accuracy", "test_accuracy", "n_train",
             "n_val", "n_test_labelled", "fit_seconds", "predict_ms_per_image", "epochs_run", "head_args",
-            "selected_params", "train_rounds", "weights", "features")
+            "selected_params", "fit_note", "train_rounds", "weights", "features")
     return [(k, fmt(metrics[k])) for k in keys if k in metrics]
 
 
@@ -242,9 +242,11 @@ def write_report(
                      "metrics, the confusion matrix and misclassified images.</p>")
     else:
         parts.append("<h2>Per-class precision, recall and F1 (validation)</h2>")
-        three = lambda v: "" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
+        three = lambda v: f"{v:.3f}"  # noqa: E731
+        # pandas skips formatters for NaN: the accuracy row's empty precision and recall need na_rep
         parts.append(per_class_table(y_true, y_pred, class_names).to_html(
-            formatters={"precision": three, "recall": three, "f1-score": three}, classes="per-class", border=0))
+            formatters={"precision": three, "recall": three, "f1-score": three}, na_rep="", classes="per-class",
+            border=0))
 
         cm_file = run_dir / "confusion_matrix.png"
         png = cm_file.read_bytes() if cm_file.is_file() else _figure_png(

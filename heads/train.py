@@ -19,7 +19,7 @@ import numpy as np
 
 from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, newest_complete
 
-from .base import BlockSource, Head, index_blocks
+from .base import BlockSource, Head, RareClassError, index_blocks
 from .registry import create_head, head_params
 from .report import find_data_root
 
@@ -74,6 +74,15 @@ def feature_paths(features: str | os.PathLike | Sequence[str | os.PathLike] | No
         raise ValueError(f"FEATURES={features!r} names no file")
     if len(set(paths)) != len(paths):
         raise ValueError(f"FEATURES={features!r} names a file twice")
+    for p in paths:
+        if p.is_dir():
+            caches = sorted(c.name for c in p.glob("*.h5"))
+            if not caches:
+                raise CacheError(f"FEATURES={p} is a directory and holds no .h5 cache; pass a cache file, "
+                                 f"e.g. FEATURES=features_cache/<name>.h5 (`make extract` writes one)")
+            listed = ", ".join(caches[:5]) + (f" and {len(caches) - 5} more" if len(caches) > 5 else "")
+            raise CacheError(f"FEATURES={p} is a directory; pass one .h5 cache file in it, "
+                             f"e.g. FEATURES={p / caches[0]} (it holds {listed})")
     return paths
 
 
@@ -354,10 +363,14 @@ def train_head(
         validation = (data.val.X, data.val.y) if len(data.val) else None
         train_index = source.rows("train", train_rounds)
         start = time.perf_counter()
-        if model.streaming:
-            model.fit_blocks(source.blocks(train_index, int(model.block_rows)), np.unique(data.train.y), validation)
-        else:
-            model.fit(data.train.X, data.train.y, validation_data=validation)
+        try:
+            if model.streaming:
+                model.fit_blocks(source.blocks(train_index, int(model.block_rows)), np.unique(data.train.y),
+                                 validation)
+            else:
+                model.fit(data.train.X, data.train.y, validation_data=validation)
+        except RareClassError as err:  # the head saw class indices; the user knows the names
+            raise err.named(data.class_names) from None
         fit_seconds = time.perf_counter() - start
 
         val_proba, predict_ms = _predict_timed(model, data.val.X, n_classes)
@@ -394,6 +407,8 @@ def train_head(
         metrics["selected_params"] = model.selected_params_
     if getattr(model, "n_epochs_", None):
         metrics["epochs_run"] = model.n_epochs_
+    if getattr(model, "fit_note_", ""):
+        metrics["fit_note"] = model.fit_note_
 
     # report.html shows thumbnails from the image folder: DATA= if given, else the one the cache records
     root = find_data_root(data_root, data.path)
@@ -433,7 +448,7 @@ def _pct(v: float | None) -> str:
 def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     lines = [
         f"{metrics['head']}: val accuracy {_pct(metrics['val_accuracy'])}, top-5 {_pct(metrics['val_top5_accuracy'])}, "
-        f"log loss {'n/a' if metrics['val_log_loss'] is None else round(metrics['val_log_loss'], 4)}, "
+        f"log loss {'n/a' if metrics['val_log_loss'] is None else format(metrics['val_log_loss'], '.4f')}, "
         f"train accuracy {_pct(metrics['train_accuracy'])}"
         + (f", test accuracy {_pct(metrics['test_accuracy'])}" if metrics["test_accuracy"] is not None else ""),
         f"fit in {metrics['fit_seconds']:.2f} s on {metrics['n_train']:,} rows"
@@ -443,6 +458,8 @@ def format_summary(metrics: dict[str, Any], run_dir: Path) -> str:
     if metrics.get("selected_params"):
         lines.append("selected by cross-validation: " + ", ".join(
             f"{k}={v}" for k, v in metrics["selected_params"].items() if not isinstance(v, dict)))
+    if metrics.get("fit_note"):
+        lines.append(f"NOTE: {metrics['head']}: {metrics['fit_note']}")
     if metrics["note"]:
         lines.append(f"NOTE: {metrics['note']}")
     return "\n".join(lines)

@@ -253,3 +253,31 @@ def test_streaming_heads_refuse_nan_training_rows_with_the_cache_message(folder_
         f["features"][train_row, 0] = np.nan
     with pytest.raises(CacheError, match="NaN or inf in its training features.*make verify"):
         train_head("sgd", broken, tmp_path / "run", log=lambda m: None)
+
+
+def test_summary_prints_log_loss_with_four_decimals(tmp_path):
+    from heads.train import format_summary
+
+    metrics = {"head": "logreg", "val_accuracy": 1.0, "val_top5_accuracy": 1.0, "val_log_loss": 0.00001,
+               "train_accuracy": 1.0, "test_accuracy": None, "fit_seconds": 0.1, "n_train": 10, "note": ""}
+    assert "log loss 0.0000," in format_summary(metrics, tmp_path)
+    assert "log loss 0.5000," in format_summary({**metrics, "val_log_loss": 0.5}, tmp_path)
+    assert "log loss n/a," in format_summary({**metrics, "val_log_loss": None}, tmp_path)
+
+
+def test_linear_svm_reports_non_convergence_in_one_note(noise_cache, tmp_path):
+    import html
+    import warnings
+
+    logs: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_head("linear-svm", noise_cache, tmp_path / "svm", head_args={"max_iter": 1}, log=logs.append)
+    assert not [w for w in caught if w.category.__name__ == "ConvergenceWarning"]
+    note = result.metrics["fit_note"]
+    assert "max_iter=1 before converging in 4 of 4 fits" in note and "HEAD_ARGS='max_iter=5000'" in note
+    assert f"NOTE: linear-svm: {note}" in logs[-1].splitlines()
+    assert json.loads((tmp_path / "svm" / "metrics.json").read_text())["fit_note"] == note
+    assert f"<th>fit_note</th><td>{html.escape(note)}</td>" in (tmp_path / "svm" / "report.html").read_text()
+    converged = train_head("linear-svm", noise_cache, tmp_path / "ok", plots=False, **QUIET)
+    assert "fit_note" not in converged.metrics

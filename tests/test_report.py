@@ -159,3 +159,16 @@ def test_per_class_table_matches_a_direct_count():
     assert table.loc["c", "precision"] == pytest.approx(1 / 2) and table.loc["c", "recall"] == 1
     assert list(table["support"][:3]) == [2, 3, 1]
     assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6)
+
+
+def test_per_class_table_in_the_report_has_no_nan(folder_cache, tmp_path):
+    paths, y = _val_rows(folder_cache)
+    proba = np.eye(len(CLASSES))[y]
+    proba[0] = np.roll(proba[0], 1)  # one mistake
+    page = write_report(tmp_path, {"head": "x"}, list(CLASSES), y, proba, paths).read_text()
+    table = page[page.index('class="dataframe per-class"'):]
+    table = table[:table.index("</table>")]
+    assert "NaN" not in table and "nan" not in table
+    row = re.search(r"<th>accuracy</th>(.*?)</tr>", table, re.S).group(1)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells == ["", "", f"{(len(y) - 1) / len(y):.3f}", str(len(y))]
