@@ -353,30 +353,29 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
     source = path if path.exists() else cache_mod.find_sibling(path, config)
     if source is not None:
         try:
-            with cache_mod.FeatureCache(source, role="OUT") as c:
-                if cache_mod.base_key(c.config) != base:
-                    raise cache_mod.CacheError(
-                        f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
-                        f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
-                    )
-                same_data = c.fingerprint == fingerprint
-                if not same_data and c.data_root is not None and c.data_root != Path(found.root):
-                    raise cache_mod.CacheError(
-                        f"{source} holds features of {c.data_root}, not of DATA={found.root} (another folder of "
-                        f"the same name?). Pass OUT=<another file.h5> to keep both caches, or OVERWRITE=1 to "
-                        f"replace it.")
-                skipped_before = [p for p, reason in c.skipped()]
-                too_big = [p for p, reason in c.skipped() if reason.startswith("too many pixels")]
-                retry_big = too_big and max_pixels > int(c.attrs.get("max_pixels", DEFAULT_MAX_PIXELS))
-                if c.complete and same_data and c.attrs.get("config_key") == key and not retry_big:
-                    return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(c.skipped()):,} skipped); "
-                                          f"nothing to do", up_to_date=True)
-                old_k = c.config["augmentation"].get("rounds", 0)
-                have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+            c = cache_mod.FeatureCache(source, role="OUT")
         except cache_mod.CacheError as err:
-            if "another config" in str(err) or "not of DATA=" in str(err):
-                raise
             raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
+        with c:
+            if cache_mod.base_key(c.config) != base:
+                raise cache_mod.CacheError(
+                    f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
+                    f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
+                )
+            same_data = c.fingerprint == fingerprint
+            if not same_data and c.data_root is not None and c.data_root != Path(found.root):
+                raise cache_mod.CacheError(
+                    f"{source} holds features of {c.data_root}, not of DATA={found.root} (another folder of "
+                    f"the same name?). Pass OUT=<another file.h5> to keep both caches, or OVERWRITE=1 to "
+                    f"replace it.")
+            skipped_before = c.skipped()
+            too_big = [p for p, reason in skipped_before if reason.startswith("too many pixels")]
+            retry_big = too_big and max_pixels > int(c.attrs.get("max_pixels", DEFAULT_MAX_PIXELS))
+            if c.complete and same_data and c.attrs.get("config_key") == key and not retry_big:
+                return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(skipped_before):,} skipped); "
+                                      f"nothing to do", up_to_date=True)
+            old_k = c.config["augmentation"].get("rounds", 0)
+            have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
         old = source
         if source != path:
             messages.append(f"reusing the rows of {source.name} (same config with ROUNDS={old_k})")
@@ -388,7 +387,7 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
         if not same_data:
             current = {it.relpath: it.stamp for it in found.items}
             given = set(current) | {s.relpath for s in found.skipped}
-            old_paths = {p for p, _ in have} | set(skipped_before)
+            old_paths = {p for p, _ in have} | {p for p, _ in skipped_before}
             added, removed = len(given - old_paths), len(old_paths - given)
             modified = sum(p in old_paths and (p, 0) in have and have[(p, 0)] != st for p, st in current.items())
             messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
@@ -542,8 +541,7 @@ def extract_features(
 
 def check_out(path: Path, data_root: Path) -> None:
     """Refuse a cache path inside the image folder, or a file there that is not a cache (OVERWRITE=1 included)."""
-    resolved = path.resolve()
-    if data_root == resolved.parent or data_root in resolved.parents:
+    if data_root in path.resolve().parents:
         raise DataError(f"OUT={path} is inside DATA={data_root}: the cache would be taken for an image of the data "
                         f"set. Put it elsewhere, e.g. OUT={cache_mod.DEFAULT_DIR}/{path.name}")
     if not cache_mod.replaceable(path):
