@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from .base import Head, load_head
+from .predict import read_run_info
 from .registry import list_heads
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
@@ -329,11 +330,7 @@ class ExportedModel:
 def build_export_model(run: str | os.PathLike) -> ExportedModel:
     """The Keras model of run ``run``: uint8 images (b, size, size, 3) → probabilities (b, n_labels)."""
     run = Path(run)
-    info_file = run / "run.json"
-    if not info_file.is_file():
-        raise FileNotFoundError(f"RUN={run} is not a run folder ({info_file.name} is missing); "
-                                f"pass the folder `make train-head` wrote, e.g. runs/<cache>/<head>")
-    info = json.loads(info_file.read_text())
+    info = read_run_info(run)
     head = load_head(run / "head")
     if head.name not in _EXPORTERS:
         raise ValueError(f"head {head.name!r} cannot be exported yet; exportable heads: "
