@@ -24,10 +24,11 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
         config = c.config
         splits, rounds = c.column("split"), c.column("round")
         counts = Counter(zip(splits.tolist(), rounds.tolist()))
-        bad_rows = []
+        bad_rows, zero_rows = [], []
         for idx, X in c.iter_blocks(np.arange(c.n_rows), block_rows):
-            finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-            bad_rows.extend(idx[~finite].tolist())
+            flat = X.reshape(len(X), -1)
+            bad_rows.extend(idx[~np.isfinite(flat).all(axis=1)].tolist())
+            zero_rows.extend(idx[~flat.any(axis=1)].tolist())
         paths = c.column("path")
         report: dict[str, Any] = {
             "file": str(features), "format_version": int(c.attrs["format_version"]), "complete": c.complete,
@@ -37,12 +38,17 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
             "rows_per_split_round": {f"{s}/round{r}": n for (s, r), n in sorted(counts.items())},
             "skipped": dict(Counter(r.split(":", 1)[0] for _, r in c.skipped())),
             "nonfinite_rows": [str(paths[i]) for i in bad_rows[:10]], "n_nonfinite_rows": len(bad_rows),
+            "n_all_zero_rows": len(zero_rows),
         }
         root = c.data_root
         if not c.complete:
             problems.append("incomplete: rerun the same `make extract` command to resume")
         if bad_rows:
             problems.append(f"{len(bad_rows)} rows have NaN or inf features, e.g. {paths[bad_rows[0]]}")
+        if zero_rows:  # no head can tell such rows apart: float16 underflow of tiny features, or broken weights
+            problems.append(f"{len(zero_rows)} rows have all-zero features, e.g. {paths[zero_rows[0]]}"
+                            + (": DTYPE=float16 may have rounded tiny features to 0 (DTYPE=float32 keeps them)"
+                               if config["dtype"] == "float16" else "") + "; check WEIGHTS=")
         data = Path(data) if data else root
         if data is not None and Path(data).is_dir():
             from .discover import discover  # noqa: PLC0415

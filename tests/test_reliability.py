@@ -265,3 +265,10 @@ def test_verify_reports_nan_and_stale_data(tmp_path):
     out2 = subprocess.run([sys.executable, "-m", "extract.verify", "--features", str(out)], capture_output=True,
                           text=True, cwd=REPO)
     assert out2.returncode == 1 and "PROBLEMS" in out2.stdout
+    # All-zero rows (what float16 made of a random MobileNetV2's ~1e-11 features) tell no class apart.
+    assert report["n_all_zero_rows"] == 0
+    with h5py.File(out, "a") as f:
+        f["features"][4] = 0
+    report = verify_cache(out)
+    assert report["n_all_zero_rows"] == 1
+    assert any(p.startswith("1 rows have all-zero features") for p in report["problems"])
