@@ -36,6 +36,8 @@ class KNNHead(Head):
         from sklearn.neighbors import KNeighborsClassifier  # noqa: PLC0415
 
         self.n_neighbors_ = int(min(int(self.n_neighbors), len(self.fit_y_)))
+        self.fit_note_ = (f"n_neighbors={int(self.n_neighbors)} is more than the {len(self.fit_y_):,} training rows: "
+                          f"all of them vote" if self.n_neighbors_ < int(self.n_neighbors) else "")
         self.model_ = KNeighborsClassifier(n_neighbors=self.n_neighbors_, weights=self.weights,
                                            metric="cosine", algorithm="brute").fit(self.fit_X_, self.fit_y_)
 

@@ -281,3 +281,10 @@ def test_linear_svm_reports_non_convergence_in_one_note(noise_cache, tmp_path):
     assert f"<th>fit_note</th><td>{html.escape(note)}</td>" in (tmp_path / "svm" / "report.html").read_text()
     converged = train_head("linear-svm", noise_cache, tmp_path / "ok", plots=False, **QUIET)
     assert "fit_note" not in converged.metrics
+
+
+def test_knn_says_when_it_has_fewer_rows_than_neighbours(noise_cache, tmp_path):
+    result = train_head("knn", noise_cache, tmp_path / "knn", head_args={"n_neighbors": 100_000}, plots=False, **QUIET)
+    n = result.metrics["n_train"]
+    assert result.metrics["fit_note"] == f"n_neighbors=100000 is more than the {n:,} training rows: all of them vote"
+    assert "fit_note" not in train_head("knn", noise_cache, tmp_path / "ok", plots=False, **QUIET).metrics
