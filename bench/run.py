@@ -119,15 +119,13 @@ def min_cosine(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def cache_cosine(a: Path, b: Path) -> float:
-    """:func:`min_cosine` of two caches of the same images, rows matched by (path, round)."""
-    from extract.cache import FeatureCache
+    """:func:`min_cosine` of two caches of the same images, rows matched as ``FEATURES=a,b`` joins them."""
+    from heads.train import FeatureSource
 
-    with FeatureCache(a) as ca, FeatureCache(b) as cb:
-        keys = [list(zip(c.column("path"), c.column("round").tolist())) for c in (ca, cb)]
-        if sorted(keys[0]) != sorted(keys[1]):
-            raise RuntimeError(f"{a} and {b} do not hold the same images")
-        row_in_b = {k: i for i, k in enumerate(keys[1])}
-        return min_cosine(ca.features(), cb.features(np.array([row_in_b[k] for k in keys[0]])))
+    with FeatureSource([a, b]) as source:
+        joined = source.features(np.arange(len(source.labels)))
+    half = joined.shape[1] // 2  # same backbone and pooling: equal widths
+    return min_cosine(joined[:, :half], joined[:, half:])
 
 
 def cache_file(out: Path, size: int, data: Path, precision: str = "float32", workers: int = 1) -> Path:
@@ -239,6 +237,11 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return None if x is None or y is None else x / y
 
 
+def round_ratios(xs: list[float | None], ys: list[float | None] | float | None) -> list[float | None]:
+    """Each round's ``x / y``: against that round's own ``y``, or one ``y`` (such as (a)) for every round."""
+    return [ratio(x, y) for x, y in zip(xs, ys if isinstance(ys, list) else [ys] * len(xs))]
+
+
 def head_swap(cache: Path, out: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Train logreg and dense on ``cache``, each in ``repeats`` fresh processes, interleaved; keep the fastest.
 
@@ -326,8 +329,8 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
         growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
         c = marginal(runs[("classic", base)], runs[("classic", 4 * base)]) if classic else None
         per_round = {mode: round_rates(runs[(mode, base)], runs[(mode, 4 * base)]) for mode in modes}
-        round_ba = [ratio(r, a) for r in per_round["extract"]]
-        round_bc = [ratio(r, q) for r, q in zip(per_round["extract"], per_round["classic"])] if classic else []
+        round_ba = round_ratios(per_round["extract"], a)
+        round_bc = round_ratios(per_round["extract"], per_round["classic"]) if classic else []
         every_round.append(f"- {size} px: " + "; ".join(
             [f"{mode} " + ", ".join(map(fmt, rates)) for mode, rates in per_round.items()]
             + [f"b/a {', '.join(fmt(v, 2) for v in round_ba)}"]
@@ -353,10 +356,10 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                 f"{w_large['peak_rss_mb']:.0f} ({100 * w_growth:+.1f}%) |")
             round_w = per_round[f"extract-w{workers}"]
             checks.append(ratio_check(f"WORKERS={workers}: b/a at {size} px (both in {workers} processes)",
-                                      ratio(b_w, a_w), [ratio(r, a_w) for r in round_w], TARGETS["b/a"]))
+                                      ratio(b_w, a_w), round_ratios(round_w, a_w), TARGETS["b/a"]))
             if classic and size == 100:
                 checks.append(ratio_check(f"WORKERS={workers}: b/c at 100 px", ratio(b_w, c),
-                                          [ratio(r, q) for r, q in zip(round_w, per_round["classic"])],
+                                          round_ratios(round_w, per_round["classic"]),
                                           TARGETS["b/c@100"]))
             checks.append(f"- WORKERS={workers}: peak RSS growth N → 4N at {size} px < 10%: {100 * w_growth:+.1f}% "
                           f"{verdict(w_growth < TARGETS['rss'])}")
@@ -391,7 +394,7 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                 bf16_line += (f" End to end, `make extract PRECISION=bfloat16` (marginal {base} → {4 * base}): "
                               f"{fmt(b16)} img/s against float32 {fmt(b)}: ×{fmt(ratio(b16, b), 2)}; cosine of "
                               f"the two caches' features ({4 * base} images, stored as float16) ≥ {cached:.5f}.")
-                rounds_16 = [ratio(r, q) for r, q in zip(per_round["extract-bfloat16"], per_round["extract"])]
+                rounds_16 = round_ratios(per_round["extract-bfloat16"], per_round["extract"])
                 checks.append(ratio_check(f"bfloat16 / float32 at {size} px, end to end", ratio(b16, b), rounds_16,
                                           TARGETS["bf16"])
                               + f"; cosine ≥ {TARGETS['cosine']} on the cached images: {cached:.5f} "
