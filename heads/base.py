@@ -13,7 +13,9 @@ pass over the training rows. ``train_head`` feeds such heads from the HDF5 file 
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -147,6 +149,29 @@ def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0, fix: str = ""
     if counts.min() < 2:
         raise RareClassError(what, classes[counts.argmin()], counts.min(), fix)
     return StratifiedKFold(n_splits=int(min(wanted, counts.min())), shuffle=True, random_state=seed)
+
+
+@contextmanager
+def unconverged_fits() -> Iterator[list[Warning]]:
+    """Collect scikit-learn's ConvergenceWarnings (one per fit that stopped at max_iter) in the yielded list,
+    for a head's one-line ``fit_note_``; any other warning is shown as usual. The list fills on exit."""
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+
+    unconverged: list[Warning] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield unconverged
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            unconverged.append(w.message)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def max_iter_note(solver: str, max_iter: int, unconverged: int, fits: int) -> str:
+    """``fit_note_`` for fits that stopped at ``max_iter`` ("" when all converged)."""
+    return (f"{solver} stopped at max_iter={max_iter} before converging in {unconverged} of {fits} fits; raise it, "
+            f"e.g. HEAD_ARGS='max_iter=5000', or lower C" if unconverged else "")
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:

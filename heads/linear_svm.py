@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy.special import expit
 
-from .base import Head, cv_folds, flat, load_arrays, save_arrays, standardized_linear
+from .base import Head, cv_folds, flat, load_arrays, max_iter_note, save_arrays, standardized_linear, unconverged_fits
 from .registry import Param, register_head
 
 
@@ -41,7 +40,6 @@ class LinearSVMHead(Head):
 
     def fit(self, X, y, validation_data=None):
         from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
-        from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
         from sklearn.svm import LinearSVC  # noqa: PLC0415
 
@@ -52,17 +50,10 @@ class LinearSVMHead(Head):
                          fix="add training images of that class, or use another head, e.g. HEAD=logreg")
         # liblinear warns once per fit (each fold and the final one) when it stops at max_iter:
         # one line in fit_note_ (train_head prints it and writes it to metrics.json) says it instead.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+        with unconverged_fits() as unconverged:
             model = CalibratedClassifierCV(svc, method="sigmoid", ensemble=False, cv=folds)
             model.fit(scaler.transform(X), y)
-        unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-        for w in caught:  # any other warning is shown as usual
-            if not issubclass(w.category, ConvergenceWarning):
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        self.fit_note_ = (f"liblinear stopped at max_iter={int(self.max_iter)} before converging in {unconverged} "
-                          f"of {folds.get_n_splits() + 1} fits; raise it, e.g. HEAD_ARGS='max_iter=5000', "
-                          f"or lower C" if unconverged else "")
+        self.fit_note_ = max_iter_note("liblinear", int(self.max_iter), len(unconverged), folds.get_n_splits() + 1)
         (calibrated,) = model.calibrated_classifiers_
         self.classes_ = model.classes_
         self.mean_, self.scale_ = scaler.mean_, scaler.scale_

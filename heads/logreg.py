@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit, softmax
 
-from .base import Head, cv_folds, flat, load_arrays, save_arrays, standardized_linear
+from .base import Head, cv_folds, flat, load_arrays, max_iter_note, save_arrays, standardized_linear, unconverged_fits
 from .registry import Param, register_head
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -33,8 +33,9 @@ class LogisticRegressionHead(Head):
         self.C = C
         self.max_iter = max_iter
 
-    def _select_C(self, X: np.ndarray, y: np.ndarray) -> float:
-        """Mean held-out log loss per C of ``C_GRID``; each fold walks the grid with warm starts."""
+    def _select_C(self, X: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """The C of ``C_GRID`` with the lowest mean held-out log loss, and the number of fits made (each fold
+        walks the grid with warm starts)."""
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
         from sklearn.metrics import log_loss  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
@@ -53,7 +54,7 @@ class LogisticRegressionHead(Head):
         self.selected_params_ = {
             "C": best, "cv_log_loss": {f"{c:g}": round(float(v), 6) for c, v in zip(C_GRID, losses)},
         }
-        return best
+        return best, folds.get_n_splits() * len(C_GRID)
 
     def fit(self, X, y, validation_data=None):
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
@@ -63,11 +64,13 @@ class LogisticRegressionHead(Head):
         X = flat(X)
         # lbfgs makes many small BLAS calls; threaded BLAS on a busy 2-core machine made them
         # 10-70x slower (0.3 s vs 21 s for one fit on the demo cache), one thread never hurt much.
-        with threadpool_limits(1, user_api="blas"):
-            self.C_ = self._select_C(X, y) if self.C == "auto" else float(self.C)
+        with threadpool_limits(1, user_api="blas"), unconverged_fits() as unconverged:
+            self.C_, fits = self._select_C(X, y) if self.C == "auto" else (float(self.C), 0)
             scaler = StandardScaler().fit(X)
             model = LogisticRegression(C=self.C_, max_iter=int(self.max_iter))
             model.fit(scaler.transform(X), y)
+        # scikit-learn's own warning would advise scaling the data, which this head has already done
+        self.fit_note_ = max_iter_note("lbfgs", int(self.max_iter), len(unconverged), fits + 1)
         self.classes_ = model.classes_
         self.mean_, self.scale_ = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
         self.coef_, self.intercept_ = model.coef_.astype(np.float32), model.intercept_.astype(np.float32)

@@ -265,21 +265,26 @@ def test_summary_prints_log_loss_with_four_decimals(tmp_path):
     assert "log loss n/a," in format_summary({**metrics, "val_log_loss": None}, tmp_path)
 
 
-def test_linear_svm_reports_non_convergence_in_one_note(noise_cache, tmp_path):
+@pytest.mark.parametrize("head,args,said", [
+    ("linear-svm", {"max_iter": 1}, "liblinear stopped at max_iter=1 before converging in 4 of 4 fits"),
+    ("logreg", {"max_iter": 1}, "lbfgs stopped at max_iter=1 before converging in 1 of 1 fits"),
+    ("logreg", {"max_iter": 1, "C": "auto"}, "lbfgs stopped at max_iter=1 before converging in 13 of 13 fits"),
+])
+def test_non_convergence_is_one_note_not_a_warning_per_fit(noise_cache, tmp_path, head, args, said):
     import html
     import warnings
 
     logs: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train_head("linear-svm", noise_cache, tmp_path / "svm", head_args={"max_iter": 1}, log=logs.append)
+        result = train_head(head, noise_cache, tmp_path / "run", head_args=args, log=logs.append)
     assert not [w for w in caught if w.category.__name__ == "ConvergenceWarning"]
     note = result.metrics["fit_note"]
-    assert "max_iter=1 before converging in 4 of 4 fits" in note and "HEAD_ARGS='max_iter=5000'" in note
-    assert f"NOTE: linear-svm: {note}" in logs[-1].splitlines()
-    assert json.loads((tmp_path / "svm" / "metrics.json").read_text())["fit_note"] == note
-    assert f"<th>fit_note</th><td>{html.escape(note)}</td>" in (tmp_path / "svm" / "report.html").read_text()
-    converged = train_head("linear-svm", noise_cache, tmp_path / "ok", plots=False, **QUIET)
+    assert said in note and "HEAD_ARGS='max_iter=5000'" in note
+    assert f"NOTE: {head}: {note}" in logs[-1].splitlines()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fit_note"] == note
+    assert f"<th>fit_note</th><td>{html.escape(note)}</td>" in (tmp_path / "run" / "report.html").read_text()
+    converged = train_head(head, noise_cache, tmp_path / "ok", plots=False, **QUIET)
     assert "fit_note" not in converged.metrics
 
 
