@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_util import none_or_str, run_cli
+from .cli_util import MakeVariableParser, none_or_str, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m extract",
+    p = MakeVariableParser(prog="python -m extract",
                                 description="Cache bottleneck features of an image set in HDF5.")
     p.add_argument("--data", required=True,
                    help="image folder: one subfolder per class, or Kaggle-style with --labels")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the output
 
@@ -27,3 +29,19 @@ def run_cli(fn: Callable[[], object]) -> None:
 
 def none_or_str(value: str) -> str | None:
     return value or None
+
+
+class MakeVariableParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the make variable beside the flag
+    (``SIZE= (--size): invalid int value: 'abc'``) instead of argparse's usage block."""
+
+    FLAG_VARIABLES = {"--data-root": "DATA"}  # the one flag not named after its variable
+
+    def error(self, message: str) -> NoReturn:
+        def variable(flag: re.Match) -> str:
+            name = self.FLAG_VARIABLES.get(flag.group(), flag.group()[2:].upper().replace("-", "_"))
+            return f"{name}= ({flag.group()})"
+
+        said = message if message.startswith("unrecognized") else re.sub(  # a flag that is no variable stays
+            r"--[a-z][a-z-]*", variable, message.removeprefix("argument "))
+        self.exit(2, f"error: {said}. `make help` lists the variables; README.md says what each takes.\n")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from extract.cli_util import none_or_str, run_cli
+from extract.cli_util import MakeVariableParser, none_or_str, run_cli
 
 from .registry import list_heads
 from .train import EXIT_ACCURACY
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m heads", description="Train and use heads on cached features.")
+    p = MakeVariableParser(prog="python -m heads", description="Train and use heads on cached features.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fit a head on a feature cache")
