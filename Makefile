@@ -30,6 +30,8 @@ BATCH ?=
 
 # `$(call opt,VAR,--flag)` passes --flag "$(VAR)" only when VAR is set.
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
+# `$(call refuse,target,VARS,why)`: a variable the target would ignore stops it instead (no commas in why).
+refuse = $(foreach v,$(2),$(if $(strip $($(v))),$(error $(1) does not take $(v)=: $(3))))
 flag = $(if $(filter 1 yes true,$($(1))),$(2))
 
 .PHONY: help setup extract preview-augment train-head compare-heads compare-backbones predict export demo verify bench test lint clean
@@ -72,11 +74,13 @@ train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
-compare-heads: $(STAMP) ## train heads (default: all) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [ASSERT_ACCURACY=]
+compare-heads: $(STAMP) ## train heads (default: all) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [TRAIN_ROUNDS=] [ASSERT_ACCURACY=]
+	$(call refuse,compare-heads,HEAD_ARGS C EPOCHS,it trains every head with its default arguments; tune one with make train-head HEAD=<name> HEAD_ARGS=...)
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
-	  $(call opt,ASSERT_ACCURACY,--assert-accuracy)
+	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=]
+	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
 	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", type=none_or_str)
     c.add_argument("--heads", type=none_or_str, help="comma-separated (default: all)")
     c.add_argument("--out", type=none_or_str, help="folder for compare.md and the runs")
+    c.add_argument("--train-rounds", default="all", choices=["all", "clean"])
     c.add_argument("--cache-dir", default="features_cache")
     c.add_argument("--assert-accuracy", type=float, default=None,
                    help=f"exit with code {EXIT_ACCURACY} when any head's val accuracy is below this fraction")
@@ -90,10 +91,14 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.command == "train":
             head_args = parse_head_args(args.head_args)
-            if args.epochs is not None:
-                head_args.setdefault("epochs", args.epochs)
-            if args.c is not None:
-                head_args.setdefault("C", parse_head_args(f"C={args.c}")["C"])
+            for name, variable, value in (("epochs", "EPOCHS", args.epochs), ("C", "C", args.c)):
+                if value is None:
+                    continue
+                value = parse_head_args(f"{name}={value}")[name]
+                if name in head_args and head_args[name] != value:  # neither silently wins
+                    raise ValueError(f"HEAD_ARGS sets {name}={head_args[name]} and {variable}={value} sets it too; "
+                                     f"pass it once")
+                head_args[name] = value
             train_head(args.head, args.features, args.run, head_args=head_args,
                        train_rounds=args.train_rounds, cache_dir=args.cache_dir, data_root=args.data_root,
                        assert_accuracy=args.assert_accuracy)
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             from .compare import compare_heads  # noqa: PLC0415
 
             compare_heads(args.features, [h.strip() for h in args.heads.split(",")] if args.heads else None,
-                          args.out, cache_dir=args.cache_dir, assert_accuracy=args.assert_accuracy)
+                          args.out, train_rounds=args.train_rounds, cache_dir=args.cache_dir,
+                          assert_accuracy=args.assert_accuracy)
         elif args.command == "compare-backbones":
             from .compare_backbones import compare_backbones  # noqa: PLC0415
 

@@ -59,6 +59,7 @@ def compare_heads(
     heads: list[str] | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
+    train_rounds: str = "all",
     cache_dir: str | os.PathLike = DEFAULT_DIR,
     assert_accuracy: float | None = None,
     log: Callable[[str], None] = _log,
@@ -70,7 +71,8 @@ def compare_heads(
     predict milliseconds per image (``predict_proba`` on the val rows). A head that cannot be
     fitted on this data (:class:`~heads.base.RareClassError`, e.g. linear-svm when a class has one
     training row) is skipped: its row is n/a with a ``note`` column saying why, and the others
-    still run; when every head is skipped, the error is raised. With ``assert_accuracy``, raises
+    still run; when every head is skipped, the error is raised. ``train_rounds`` is
+    :func:`~heads.train.train_head`'s, for every head. With ``assert_accuracy``, raises
     :class:`AccuracyBelowThreshold` after writing everything when any head's val accuracy is
     lower, or a head was skipped.
     """
@@ -91,7 +93,8 @@ def compare_heads(
     skipped: dict[str, RareClassError] = {}
     for name in heads:
         try:
-            metrics.append(train_head(name, paths, out_dir / name, cache_dir=cache_dir, log=log).metrics)
+            metrics.append(train_head(name, paths, out_dir / name, train_rounds=train_rounds, cache_dir=cache_dir,
+                                      log=log).metrics)
         except RareClassError as err:  # this data cannot fit this head: say why, train the others
             log(f"skipping {name}: {err}")
             skipped[name] = err

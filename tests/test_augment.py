@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import SIZE, write_class_folders
@@ -118,6 +120,13 @@ def test_heads_use_all_rounds_or_clean_only(tmp_path):
     clean = train_head("logreg", cache, tmp_path / "b", train_rounds="clean", log=lambda m: None).metrics
     assert all_rows["n_train"] == 3 * clean["n_train"]
     assert all_rows["n_val"] == clean["n_val"] > 0
+    # make compare-heads TRAIN_ROUNDS=clean: every head on the clean rows (the variable used to be dropped)
+    from heads.__main__ import main
+
+    main(["compare", "--features", str(cache), "--heads", "logreg,ridge", "--train-rounds", "clean",
+          "--out", str(tmp_path / "cmp")])
+    for head in ("logreg", "ridge"):
+        assert json.loads((tmp_path / "cmp" / head / "metrics.json").read_text())["n_train"] == clean["n_train"]
 
 
 def test_preview_png_has_the_expected_grid(tmp_path):

@@ -22,3 +22,30 @@ def test_a_bad_variable_is_one_line_naming_it(capsys, main, argv, said):
     err = capsys.readouterr().err
     assert err.startswith(said) and "`make help` lists the variables" in err
     assert len(err.strip().splitlines()) == 1 and "usage:" not in err
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--head-args", "C=0.5", "--c", "2"], "error: HEAD_ARGS sets C=0.5 and C=2 sets it too; pass it once"),
+    (["--head", "dense", "--head-args", "epochs=5", "--epochs", "7"], "HEAD_ARGS sets epochs=5 and EPOCHS=7"),
+])
+def test_a_head_argument_set_twice_differently_is_refused(capsys, tmp_path, argv, said):
+    """`HEAD_ARGS='C=0.5' C=2` trained with C=0.5 and said nothing."""
+    with pytest.raises(SystemExit) as exit_:
+        heads_main(["train", "--features", str(tmp_path / "never-read.h5"), *argv])
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target,variables,said", [
+    ("compare-heads", ["HEAD_ARGS=C=0.5"], "compare-heads does not take HEAD_ARGS="),
+    ("compare-heads", ["EPOCHS=5"], "compare-heads does not take EPOCHS="),
+    ("compare-backbones", ["DATA=d", "PRECISION=bfloat16"], "compare-backbones does not take PRECISION="),
+    ("compare-backbones", ["DATA=d", "AUGMENT=epiuse", "ROUNDS=2"], "compare-backbones does not take AUGMENT="),
+])
+def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
+    """`make -n` (nothing runs) expands the recipe, where the refusal stops make."""
+    import subprocess
+    from pathlib import Path
+
+    out = subprocess.run(["make", "-n", target, *variables], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and said in out.stderr
