@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             progress=not args.no_progress,
         )
 
-    run_cli(go)
+    run_cli(go, interrupted="the parts flushed so far (every FLUSH_ROWS rows) are kept; "
+                            "run the same command again to resume")
 
 
 if __name__ == "__main__":

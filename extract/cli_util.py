@@ -11,19 +11,23 @@ from typing import Callable, NoReturn
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the output
 
 
-def run_cli(fn: Callable[[], object]) -> None:
-    """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback."""
+def run_cli(fn: Callable[[], object], interrupted: str = "") -> None:
+    """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback.
+
+    An ``OSError`` (OUT= a folder, a full disk, no permission) is one line too. Ctrl-C prints
+    ``interrupted`` and what it means (``interrupted``: e.g. how to resume), exit 130.
+    """
     from .backbones import WeightsUnavailableError  # noqa: PLC0415
     from .cache import CacheError  # noqa: PLC0415
     from .discover import DataError  # noqa: PLC0415
 
     try:
         fn()
-    except (DataError, CacheError, WeightsUnavailableError, FileNotFoundError, ValueError) as err:
+    except (DataError, CacheError, WeightsUnavailableError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted" + (f": {interrupted}" if interrupted else ""), file=sys.stderr)
         sys.exit(130)
 
 

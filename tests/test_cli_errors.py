@@ -49,3 +49,27 @@ def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
     out = subprocess.run(["make", "-n", target, *variables], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and said in out.stderr
+
+
+def test_an_os_error_is_one_line_and_ctrl_c_says_how_to_resume(capsys, monkeypatch, tmp_path):
+    """OUT= a folder ended in a 30-line IsADirectoryError traceback; Ctrl-C printed one word."""
+    from extract import pipeline
+    from extract.cli_util import run_cli
+
+    def write_into_a_folder():
+        open(tmp_path, "w")  # noqa: SIM115
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(write_into_a_folder)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: [Errno 21] Is a directory") and len(err.splitlines()) == 1
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "extract_features", interrupt)
+    with pytest.raises(SystemExit) as exit_:
+        extract_main(["--data", str(tmp_path)])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == ("interrupted: the parts flushed so far (every FLUSH_ROWS rows) are kept; "
+                                       "run the same command again to resume\n")
