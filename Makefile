@@ -65,8 +65,9 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 
 preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }
-	$(PY) -m extract.preview --data "$(DATA)" $(call opt,LABELS,--labels) --augment "$(or $(AUGMENT),tutorial)" \
-	  --rounds "$(or $(ROUNDS),4)" --out "$(or $(OUT),augment_preview.png)" --seed "$(SEED)"
+	$(PY) -m extract.preview --data "$(DATA)" $(call opt,LABELS,--labels) $(call opt,ID_COL,--id-col) \
+	  $(call opt,LABEL_COL,--label-col) --augment "$(or $(AUGMENT),tutorial)" --rounds "$(or $(ROUNDS),4)" \
+	  --out "$(or $(OUT),augment_preview.png)" $(call opt,SIZE,--size) --val "$(VAL)" --seed "$(SEED)"
 
 train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd [FEATURES=a.h5[,b.h5]] [HEAD_ARGS='C=0.5'] [ASSERT_ACCURACY=0.85]
 	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \

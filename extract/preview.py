@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from .augment import parse_augment, view_seed
-from .cli_util import run_cli
+from .cli_util import MakeVariableParser, run_cli
 from .discover import TRAIN, discover
 
 
 def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4,
                     out: str | Path = "augment_preview.png",
-                    *, labels: str | Path | None = None, n_images: int = 6, size: int = 160, seed: int = 0,
-                    val: float = 0.2) -> Path:
+                    *, labels: str | Path | None = None, id_col: str | None = None, label_col: str | None = None,
+                    n_images: int = 6, size: int = 160, seed: int = 0, val: float = 0.2) -> Path:
     """Draw ``n_images`` training images (rows) with the clean view and ``rounds`` augmented views (columns).
 
-    The views are exactly those extraction would cache: same layers, same per-view seeds.
+    The views are exactly those extraction would cache: same layers, same per-view seeds. The rows take
+    the classes in turn (each class's images evenly spaced), so every class shows while there are rows.
     """
     from .pipeline import image_dataset  # noqa: PLC0415  (imports TensorFlow)
 
     spec = parse_augment(augment)
-    found = discover(data, labels=labels, val=val, seed=seed)
-    train = [it for it in found.items if it.split == TRAIN]
-    picks = [train[i] for i in np.linspace(0, len(train) - 1, min(n_images, len(train))).astype(int)]
+    found = discover(data, labels=labels, val=val, seed=seed, id_col=id_col, label_col=label_col)
+    picks = pick_by_class([it for it in found.items if it.split == TRAIN], n_images)
     views = [(it, r) for it in picks for r in range(rounds + 1)]
     seeds = np.stack([view_seed(seed, it.relpath, r) for it, r in views])
     ds = image_dataset([it.abspath for it, _ in views], size, batch_size=len(views), augment=spec,
@@ -57,10 +56,25 @@ def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4
     return out
 
 
+def pick_by_class(items: list, n: int) -> list:
+    """Up to ``n`` of ``items``: the classes in turn, each class's items evenly spaced through it."""
+    by_class: dict[int, list] = {}
+    for it in items:
+        by_class.setdefault(it.label, []).append(it)
+    per_class = -(-n // max(len(by_class), 1))
+    spaced = [[group[i] for i in np.linspace(0, len(group) - 1, min(per_class, len(group))).astype(int)]
+              for _, group in sorted(by_class.items())]
+    return [group[k] for k in range(per_class) for group in spaced if k < len(group)][:n]
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m extract.preview", description=__doc__.splitlines()[0])
+    p = MakeVariableParser(prog="python -m extract.preview", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--labels", default=None)
+    p.add_argument("--id-col", default=None)
+    p.add_argument("--label-col", default=None)
+    p.add_argument("--size", type=int, default=None, help="pixels per view (default 160)")
+    p.add_argument("--val", type=float, default=0.2)
     p.add_argument("--augment", default="tutorial")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--out", default="augment_preview.png")
@@ -68,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     run_cli(lambda: print("wrote " + str(preview_augment(
-        args.data, args.augment, args.rounds, args.out, labels=args.labels or None, n_images=args.n_images,
-        seed=args.seed))))
+        args.data, args.augment, args.rounds, args.out, labels=args.labels or None, id_col=args.id_col,
+        label_col=args.label_col, n_images=args.n_images, size=args.size or 160, seed=args.seed, val=args.val))))
 
 
 if __name__ == "__main__":

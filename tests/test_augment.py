@@ -136,3 +136,21 @@ def test_preview_png_has_the_expected_grid(tmp_path):
     out = preview_augment(data, "epiuse", rounds=3, out=tmp_path / "p.png", n_images=4)
     width, height = Image.open(out).size
     assert (width, height) == (int(1.6 * 4 * 100), int(1.7 * 4 * 100))
+
+
+def test_preview_shows_every_class_and_takes_the_labels_columns(tmp_path):
+    """It showed 6 images of 2 of 4 breeds (evenly spaced through a class-sorted list) and ignored ID_COL."""
+    from types import SimpleNamespace
+
+    from conftest import write_kaggle
+
+    from extract.preview import main, pick_by_class
+
+    items = [SimpleNamespace(label=k, name=f"{k}-{i}") for k in range(4) for i in range(15)]
+    assert [it.name for it in pick_by_class(items, 6)] == ["0-0", "1-0", "2-0", "3-0", "0-14", "1-14"]
+    assert [it.name for it in pick_by_class(items[:2], 6)] == ["0-0", "0-1"]
+    images, csv = write_kaggle(tmp_path / "k", per_class=2)
+    csv.write_text(csv.read_text().replace("id,breed", "image_id;dog_breed".replace(";", ","), 1))
+    main(["--data", str(images), "--labels", str(csv), "--id-col", "image_id", "--label-col", "dog_breed",
+          "--rounds", "1", "--size", "40", "--n-images", "3", "--out", str(tmp_path / "p.png")])
+    assert Image.open(tmp_path / "p.png").size == (320, 510)  # 3 rows of 2 views: 1.6 x 2 by 1.7 x 3 inches at 100 dpi
