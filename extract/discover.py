@@ -301,14 +301,17 @@ def discover(
     id_col: str | None = None,
     label_col: str | None = None,
 ) -> Discovery:
-    """Find every image, its label and its split. Raises :class:`DataError` on unusable input."""
-    data = Path(data)
+    """Find every image, its label and its split. Raises :class:`DataError` on unusable input.
+
+    ``~`` in ``data``, ``labels`` and ``test`` is the home folder, as in a shell (``make`` gets it expanded).
+    """
+    data = Path(data).expanduser()
     _check_root(data)
     notes: list[str] = []
     labelled_test: list[tuple[str, str, int]] = []
     empty: list[str] = []  # class folders with no files
     if labels is not None:
-        rows, skipped, classes, notes = _csv_items(data, Path(labels), id_col, label_col)
+        rows, skipped, classes, notes = _csv_items(data, Path(labels).expanduser(), id_col, label_col)
         name = data.resolve().parent.name if data.name in ("train", "images") else data.resolve().name
     elif (data / "train").is_dir() and (data / "test").is_dir():
         rows, skipped, classes, empty = _class_folder_items(data / "train", None, prefix="train/")
@@ -349,7 +352,7 @@ def discover(
     items = [Item(rel, path, label, splits[rel], file_stamp(path)) for rel, path, label in rows]
     items += [Item(rel, path, label, TEST, file_stamp(path)) for rel, path, label in labelled_test]
     if test is not None:
-        test = Path(test)
+        test = Path(test).expanduser()
         _check_root(test, "TEST")
         test_tree = _walk(test)
         items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST, file_stamp(str(test / rel)))

@@ -20,6 +20,8 @@ def _log(msg: str) -> None:
 
 
 def _image_paths(images: Path) -> list[Path]:
+    """Every file ``make extract`` would list under ``images`` (hidden ones aside), whatever its extension:
+    as in extract, decoding decides what is an image."""
     if images.is_file():
         return [images]
     if images.is_dir():
@@ -27,6 +29,33 @@ def _image_paths(images: Path) -> list[Path]:
 
         return [images / rel for rel in _walk_files(images)]
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
+
+
+def _image_suffixes() -> frozenset[str]:
+    """File extensions Pillow opens, less the stub formats (HDF5, GRIB, BUFR) it never decodes itself."""
+    from PIL import Image  # noqa: PLC0415
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in ("HDF5", "GRIB", "BUFR"))
+
+
+def _refuse_duplicate_ids(paths: list[Path], images: Path) -> None:
+    """Kaggle ids are file stems and must be unique: two images with one stem would give two rows of one id."""
+    by_id: dict[str, list[Path]] = {}
+    for p in paths:
+        by_id.setdefault(p.stem, []).append(p)
+    dups = {i: ps for i, ps in by_id.items() if len(ps) > 1}
+    if not dups:
+        return
+    root = images if images.is_dir() else images.parent
+    shown = "; ".join(f"{i} ({', '.join(str(p.relative_to(root)) for p in ps)})" for i, ps in list(dups.items())[:10])
+    more = f"; and {len(dups) - 10} more" if len(dups) > 10 else ""
+    raise ValueError(
+        f"SUBMISSION=1 writes one row per id (the file name without its extension), but {len(dups)} "
+        f"id{'s belong' if len(dups) > 1 else ' belongs'} to more than one file in IMAGES={images}: {shown}{more}. "
+        f"Kaggle rejects duplicate ids: remove or rename the extra copies, or point IMAGES= at the folder of "
+        f"test images alone."
+    )
 
 
 def read_run_info(run: Path) -> dict:
@@ -69,16 +98,22 @@ def predict(
     Returns one row per image: ``path``, ``label`` (top-1), ``probability``, ``top5``
     (``"name:p; ..."``) and ``error`` (why an image could not be read, else empty).
     With ``submission=True`` the CSV written to ``out`` is Kaggle's format instead:
-    ``id`` plus one probability column per class, in class order.
+    ``id`` plus one probability column per class, in class order. Ids must be unique (a ValueError lists the
+    clashes); a file that is not an image and is not named like one (``readme.txt``) is left out of it, with a
+    note; an unreadable image (``broken.jpg``) keeps its row, with uniform probabilities.
+    ``~`` in ``run``, ``images`` and ``out`` is the home folder.
     """
-    run = Path(run)
+    run, images = Path(run).expanduser(), Path(images).expanduser()
     info = read_run_info(run)
     # A run on joined caches (FEATURES=a.h5,b.h5) lists every cache's config in cache_configs.
     configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
     head = load_head(run / "head")
-    paths = _image_paths(Path(images))
+    paths = _image_paths(images)
     if not paths:
         raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
+    image_suffixes = _image_suffixes()
+    if submission:  # before the backbone runs: files named like images get a row whether they decode or not
+        _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], images)
     if any(c["weights"]["kind"] == "none" for c in configs):
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
     n = len(paths)
@@ -92,7 +127,8 @@ def predict(
     feats = parts[0] if len(parts) == 1 else np.concatenate([f.reshape(n, -1) for f in parts], axis=1)
     ok = np.array([not e for e in errors], bool)
     proba = np.full((n, len(class_names)), np.nan)
-    proba[ok] = full_proba(head, feats[ok], len(class_names))
+    if ok.any():  # a head refuses 0 rows; a folder with no readable image still gets its table of errors
+        proba[ok] = full_proba(head, feats[ok], len(class_names))
     names = np.array(class_names, dtype=object)
     rows = []
     for i, p in enumerate(paths):
@@ -108,14 +144,27 @@ def predict(
     if (~ok).any():
         log(f"{(~ok).sum()} of {n} images could not be read: " + "; ".join(
             f"{paths[i].name} ({errors[i]})" for i in np.flatnonzero(~ok)[:5]))
+    if submission:
+        # A test image that fails to decode still needs its row (Kaggle wants every id); a readme.txt is no test
+        # image, so it must not become an id.
+        keep = ok | np.array([p.suffix.lower() in image_suffixes for p in paths], bool)
+        if (~keep).any():
+            left = np.flatnonzero(~keep)
+            log(f"left out of the submission: {len(left)} file{'s' if len(left) > 1 else ''} that "
+                f"{'are' if len(left) > 1 else 'is'} not an image (content and name): " + "; ".join(
+                    f"{paths[i].name} ({errors[i]})" for i in left[:10]) + ("; ..." if len(left) > 10 else ""))
+        if not keep.any():
+            raise ValueError(f"IMAGES={images} has no images (none of its {n} files decodes as one); point IMAGES= "
+                             f"at the folder of test images")
+        _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images)
     if out is not None:
-        out = Path(out)
+        out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         if submission:
-            if (~ok).any():
-                log("WARNING: unreadable images get uniform probabilities in the submission")
-            sub = pd.DataFrame(np.where(ok[:, None], proba, 1 / len(class_names)), columns=class_names)
-            sub.insert(0, "id", [p.stem for p in paths])
+            if (keep & ~ok).any():
+                log(f"WARNING: {(keep & ~ok).sum()} unreadable images get uniform probabilities in the submission")
+            sub = pd.DataFrame(np.where(ok[:, None], proba, 1 / len(class_names))[keep], columns=class_names)
+            sub.insert(0, "id", [p.stem for p, k in zip(paths, keep) if k])
             sub.to_csv(out, index=False)
         else:
             table.to_csv(out, index=False)

@@ -1,0 +1,161 @@
+"""`make verify` lists skipped files and flags unlearnable classes; SUBMISSION=1 ids are unique image stems;
+``~`` works in the Python API (DATA, LABELS, TEST, FEATURES, RUN, IMAGES, OUT)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CLASSES, SIZE, draw, write_class_folders, write_kaggle
+from test_heads_train import blobs, write_cache
+
+from extract import discover, extract_features
+from extract.decode import DecodeError, load_array
+from extract.verify import format_report, verify_cache
+from heads import predict, train_head
+
+QUIET = {"log": lambda m: None}
+REPO = Path(__file__).resolve().parents[1]
+predict_module = sys.modules["heads.predict"]  # `heads.predict` the attribute is the function
+
+
+@pytest.fixture(scope="module")
+def broken_class_cache(tmp_path_factory) -> tuple[Path, Path]:
+    """A real cache whose 'square' images are all text (so it has no row) plus a file outside any class."""
+    data = write_class_folders(tmp_path_factory.mktemp("bc") / "shapes", per_class=3)
+    for png in (data / "square").iterdir():
+        png.write_text("not a picture")
+    (data / "notes.txt").write_text("about the data")
+    out = extract_features(data, out=data.parent / "shapes.h5", size=SIZE, weights="none", dtype="float32",
+                           batch_size=8, progress=False, **QUIET).path
+    return data, out
+
+
+def test_verify_lists_every_skipped_file_and_flags_a_class_with_no_training_rows(broken_class_cache):
+    data, out = broken_class_cache
+    report = verify_cache(out)
+    skipped = dict(report["skipped_files"])
+    assert set(skipped) == {"notes.txt", "square/square_00.png", "square/square_01.png", "square/square_02.png"}
+    assert skipped["square/square_00.png"].startswith("not an image")
+    assert skipped["notes.txt"].startswith("not in a class folder")
+    assert report["rows_per_class"]["square"] == {"train": 0, "val": 0, "test": 0}
+    assert sum(report["rows_per_class"]["circle"].values()) == 3
+    assert report["ok"]  # whole, not corrupt: a warning, exit 0
+    (warning,) = report["warnings"]
+    assert "'square' has no training rows" in warning and "square/square_00.png (not an image" in warning
+
+    proc = subprocess.run([sys.executable, "-m", "extract.verify", "--features", str(out)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for path, reason in report["skipped_files"]:
+        assert f"  {path}: {reason}" in lines
+    assert "  square: 0/0/0" in lines
+    assert any(ln.startswith("WARNING: class 'square' has no training rows") for ln in lines)
+    assert lines[-1] == "OK (with 1 warning above)"
+
+
+def test_verify_says_how_many_skips_it_did_not_print_and_works_without_data(broken_class_cache, tmp_path):
+    data, out = broken_class_cache
+    text = format_report(verify_cache(out), max_skipped=1)
+    assert "skipped files (4):" in text and "... and 3 more" in text and "--all" in text
+    # Without DATA the class of a skipped file is read from its folder.
+    report = verify_cache(out, data=tmp_path / "moved_away")
+    assert report["fingerprint"] == "DATA not available; not checked"
+    (warning,) = report["warnings"]
+    assert "'square' has no training rows (3 of its files were skipped" in warning
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory) -> Path:
+    """A logreg run on 8-d blobs; tests replace the backbone with :func:`fake_embed`."""
+    folder = tmp_path_factory.mktemp("run")
+    cache = write_cache(folder / "blobs.h5", *blobs(n_per_class=10, d=8), class_names=list(CLASSES))
+    return train_head("logreg", cache, folder / "runs" / "blobs" / "logreg", plots=False, **QUIET).run_dir
+
+
+def fake_embed(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
+    """The real decoder (real failure reasons) and fixed 8-d features instead of a backbone."""
+    errors = []
+    for p in paths:
+        try:
+            load_array(str(p), 16)
+            errors.append("")
+        except DecodeError as err:
+            errors.append(err.reason)
+    return np.ones((len(paths), 8), np.float32), errors
+
+
+def _png(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw("circle", np.random.default_rng(seed)).save(path, format="PNG")
+    return path
+
+
+def test_submission_refuses_duplicate_ids_before_running_the_backbone(synthetic_run, tmp_path, monkeypatch):
+    new = tmp_path / "new"
+    _png(new / "sixteen.png")
+    _png(new / "sub" / "sixteen.png", 1)
+    _png(new / "seventeen.png", 2)
+
+    def no_backbone(*args: object) -> None:
+        raise AssertionError("the backbone ran before the ids were checked")
+
+    monkeypatch.setattr(predict_module, "_embed_with", no_backbone)
+    with pytest.raises(ValueError, match=r"1 id belongs to more than one file.*sixteen \(sixteen.png, "
+                                         r"sub/sixteen.png\).*remove or rename"):
+        predict(synthetic_run, new, tmp_path / "sub.csv", submission=True, **QUIET)
+    assert not (tmp_path / "sub.csv").exists()
+    # The same folder is fine for a plain prediction table: its rows are paths, not ids.
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    assert len(predict(synthetic_run, new, tmp_path / "pred.csv", **QUIET)) == 3
+
+
+def test_submission_leaves_out_files_that_are_not_images_but_keeps_broken_images(synthetic_run, tmp_path,
+                                                                                   monkeypatch):
+    new = tmp_path / "new"
+    _png(new / "a.png")
+    _png(new / "noext", 1)  # decodes: an image whatever its name
+    (new / "readme.txt").write_text("test images from the competition page")
+    (new / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    logs: list[str] = []
+    table = predict(synthetic_run, new, tmp_path / "sub.csv", submission=True, log=logs.append)
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert sorted(sub["id"]) == ["a", "broken", "noext"]
+    np.testing.assert_allclose(sub.loc[sub["id"] == "broken", list(CLASSES)], 1 / 3)
+    assert any("left out of the submission" in m and "readme.txt (not an image" in m for m in logs), logs
+    assert len(table) == 4  # the table still lists every file, readme.txt with its error
+    assert table.loc[table["path"].str.endswith("readme.txt"), "error"].str.startswith("not an image").all()
+
+
+def test_tilde_is_the_home_folder_for_data_labels_and_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    images, _ = write_kaggle(tmp_path / "dogs", per_class=2)
+    _png(tmp_path / "dogs" / "test" / "t1.png")
+    found = discover("~/dogs/train", labels="~/dogs/labels.csv", test="~/dogs/test")
+    assert Path(found.root) == images.resolve()
+    assert len(found.items) == 2 * len(CLASSES) + 1
+    assert Path(found.items[-1].abspath) == tmp_path / "dogs" / "test" / "t1.png"
+
+
+def test_tilde_is_the_home_folder_for_features(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_cache(tmp_path / "c.h5", *blobs(n_per_class=5, d=8), class_names=list(CLASSES))
+    assert verify_cache("~/c.h5")["rows"] == 15
+
+
+def test_tilde_is_the_home_folder_for_run_images_and_out(synthetic_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = tmp_path / "runs" / "logreg"
+    shutil.copytree(synthetic_run, run)
+    _png(tmp_path / "new" / "cmyk.png")
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    table = predict("~/runs/logreg", "~/new", "~/out/pred.csv", **QUIET)
+    assert len(table) == 1 and (tmp_path / "out" / "pred.csv").is_file()
+    assert len(predict("~/runs/logreg", "~/new/cmyk.png", **QUIET)) == 1
