@@ -104,6 +104,11 @@ def predict(
     ``~`` in ``run``, ``images`` and ``out`` is the home folder.
     """
     run, images = Path(run).expanduser(), Path(images).expanduser()
+    out = Path(out).expanduser() if out is not None else None
+    if submission and out is None:
+        raise ValueError("SUBMISSION=1 writes a CSV file: pass OUT=, e.g. OUT=submission.csv")
+    if out is not None and out.is_dir():  # found now, not after the backbone has run over every image
+        raise ValueError(f"OUT={out} is a folder; pass a file, e.g. OUT={out / 'predictions.csv'}")
     info = read_run_info(run)
     # A run on joined caches (FEATURES=a.h5,b.h5) lists every cache's config in cache_configs.
     configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
@@ -158,7 +163,6 @@ def predict(
                              f"at the folder of test images")
         _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images)
     if out is not None:
-        out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         if submission:
             if (keep & ~ok).any():

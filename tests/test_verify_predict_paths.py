@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,23 @@ def test_tilde_is_the_home_folder_for_run_images_and_out(synthetic_run, tmp_path
     table = predict("~/runs/logreg", "~/new", "~/out/pred.csv", **QUIET)
     assert len(table) == 1 and (tmp_path / "out" / "pred.csv").is_file()
     assert len(predict("~/runs/logreg", "~/new/cmyk.png", **QUIET)) == 1
+
+
+@pytest.mark.parametrize("out,submission,said", [
+    (None, True, "SUBMISSION=1 writes a CSV file: pass OUT=, e.g. OUT=submission.csv"),
+    ("folder", False, "is a folder; pass a file, e.g. OUT="),
+    ("folder", True, "is a folder; pass a file, e.g. OUT="),
+])
+def test_predict_refuses_an_unusable_out_before_running_the_backbone(synthetic_run, tmp_path, monkeypatch, out,
+                                                                    submission, said):
+    """SUBMISSION=1 without OUT= wrote nothing and exited 0; OUT= a folder failed with IsADirectoryError after
+    the backbone had run over every image."""
+    _png(tmp_path / "new" / "a.png")
+    (tmp_path / "folder").mkdir()
+
+    def no_backbone(*args: object) -> None:
+        raise AssertionError("the backbone ran before OUT= was checked")
+
+    monkeypatch.setattr(predict_module, "_embed_with", no_backbone)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        predict(synthetic_run, tmp_path / "new", out and tmp_path / out, submission=submission, **QUIET)
