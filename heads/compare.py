@@ -12,7 +12,7 @@ import pandas as pd
 from extract.cache import DEFAULT_DIR
 
 from .base import RareClassError
-from .registry import head_class, list_heads
+from .registry import canonical_head, head_class, list_heads
 from .train import (
     RANDOM_WEIGHTS_NOTE,
     AccuracyBelowThreshold,
@@ -78,7 +78,7 @@ def compare_heads(
     """
     check_threshold(assert_accuracy)
     paths = feature_paths(features, cache_dir)
-    heads = heads or list_heads()
+    heads = [canonical_head(h) for h in heads] if heads else list_heads()  # HEADS=Dense is dense
     for name in heads:
         head_class(name)  # an unknown name fails here, before any training
     if assert_accuracy is not None:

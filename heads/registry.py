@@ -86,9 +86,18 @@ def list_heads() -> list[str]:
     return sorted(_HEADS)
 
 
+def canonical_head(name: str) -> str:
+    """The registered spelling of a head name given in another case (``Dense`` → ``dense``, ``linear_svm`` →
+    ``linear-svm``); a name that matches none is returned as given, for :func:`head_class`'s error."""
+    if name in _HEADS:
+        return name
+    folded = {h.lower().replace("_", "-"): h for h in _HEADS}
+    return folded.get(name.strip().lower().replace("_", "-"), name)
+
+
 def head_class(name: str) -> type:
     try:
-        return _HEADS[name]
+        return _HEADS[canonical_head(name)]
     except KeyError:
         raise ValueError(f"unknown HEAD={name!r}; choose one of: {', '.join(list_heads())}") from None
 

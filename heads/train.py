@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,12 +23,16 @@ import numpy as np
 from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, newest_complete
 
 from .base import BlockSource, Head, RareClassError, index_blocks
-from .registry import create_head, head_params
+from .registry import canonical_head, create_head, head_params
 from .report import find_data_root
 
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
 TRAIN_ROUNDS = ("all", "clean")
 EXIT_ACCURACY = 3  # the CLI's exit code when ASSERT_ACCURACY fails
+# What train_head writes into a run folder, and export/ (`make export`'s default OUT): a retrain replaces them all.
+RUN_OUTPUTS = ("head", "metrics.json", "run.json", "confusion_matrix.png", "training_curves.png", "report.html")
+EXPORT_DIR = "export"
+EXPORT_FILES = ("labels.json", "export.json", "model.keras", "saved_model", "model.tflite")
 
 
 class AccuracyBelowThreshold(Exception):
@@ -91,12 +98,51 @@ def _example(paths: np.ndarray, rounds: np.ndarray, rows: np.ndarray) -> str:
     return f"{paths[i]}" + (f" (round {rounds[i]})" if rounds[i] else "")
 
 
+def _stamps(cache: FeatureCache) -> np.ndarray | None:
+    """The per-row ``stamp`` column ('size:mtime_ns' of the image file), or None in a cache without one."""
+    try:
+        return cache.column("stamp").astype(str)
+    except KeyError:
+        return None
+
+
+def _mtime(stamp: str) -> int | None:
+    _, sep, mtime = stamp.partition(":")
+    return int(mtime) if sep and mtime.lstrip("-").isdigit() else None
+
+
+def extract_command(cache: FeatureCache) -> str:
+    """The ``make extract`` line with the settings ``cache`` was made with (LABELS/TEST are not recorded)."""
+    c = cache.config
+    weights = c.get("weights", {})
+    parts = {
+        "DATA": str(cache.data_root) if cache.data_root else "<image folder>",
+        "BACKBONE": c.get("backbone", {}).get("name"),
+        "SIZE": c.get("size"),
+        "POOLING": c.get("pooling"),
+        "WEIGHTS": {"none": "none", "imagenet": "imagenet"}.get(weights.get("kind")) or weights.get("path"),
+        "DTYPE": c.get("dtype"),
+        "PRECISION": c.get("precision"),
+        "VAL": c.get("val"),
+        "SEED": c.get("seed"),
+    }
+    aug = c.get("augmentation") or {}
+    if aug.get("rounds"):
+        parts["AUGMENT"] = aug["preset"] if aug.get("preset") != "custom" else ",".join(
+            f"{k}={v}" for k, v in sorted(aug.get("params", {}).items()))
+        parts["ROUNDS"] = aug["rounds"]
+    parts["OUT"] = str(cache.path)
+    return "make extract " + " ".join(f"{k}={shlex.quote(format(v, 'g') if isinstance(v, float) else str(v))}"
+                                      for k, v in parts.items() if v is not None)
+
+
 class FeatureSource:
     """One cache, or several caches of the same images whose features are joined column-wise.
 
     Rows follow the first cache; each other cache's rows are matched by (path, round). The
     caches must hold the same images and rounds, with the same labels, splits and class names,
-    or the constructor raises a :class:`CacheError` saying what differs. ``features(index)``
+    extracted from the same version of each image file (the per-row ``stamp``), or the
+    constructor raises a :class:`CacheError` saying what differs and how to fix it. ``features(index)``
     gives (n, *feature_shape) float32 for one cache, and (n, sum of the flattened widths) for
     several, in the order the files were given. Use as a context manager.
     """
@@ -111,6 +157,7 @@ class FeatureSource:
             first = self._caches[0]
             self.labels, self.path_column = first.column("label"), first.column("path")
             self.split, self.round = first.column("split"), first.column("round")
+            self.stamp = _stamps(first)
             self.class_names, self.configs = first.class_names, [c.config for c in self._caches]
             self._rows_in = [None] + [self._match(c) for c in self._caches[1:]]
         except BaseException:
@@ -158,7 +205,42 @@ class FeatureSource:
             raise CacheError(f"{what}: {len(bad)} images are in different splits, e.g. {self.path_column[i]}: "
                              f"{self.split[i]} in {a}, {o_split[rows[i]]} in {b}. Extract both with the same VAL= "
                              f"and SEED=, and the same TEST= folder.")
+        self._check_versions(other, rows, what)
         return rows
+
+    def _check_versions(self, other: FeatureCache, rows: np.ndarray, what: str) -> None:
+        """Matched rows must come from the same version of their image file (equal ``stamp``): an image changed
+        and re-extracted into one cache only would otherwise join its new features with its old ones."""
+        theirs = _stamps(other)
+        if self.stamp is None or theirs is None:
+            return
+        mine, theirs = self.stamp, theirs[rows]
+        bad = np.flatnonzero((mine != theirs) & (mine != "") & (theirs != ""))  # "": a cache written without stamps
+        if not len(bad):
+            return
+        caches = [self._caches[0], other]
+        a, b = self.paths[0].name, other.path.name
+        older = []  # per differing row: 0 when the first cache has the older file version, 1 the other, -1 unknown
+        for i in bad:
+            t = _mtime(mine[i]), _mtime(theirs[i])
+            older.append(-1 if None in t or t[0] == t[1] else int(t[1] < t[0]))
+        stale = sorted({k for k in older if k >= 0}) or [0, 1]
+        if older[0] >= 0:
+            said = f"{(b, a)[older[0]]} has the newer version of the file, {(a, b)[older[0]]} an older one"
+        else:
+            said = f"size:mtime {mine[bad[0]]} in {a}, {theirs[bad[0]]} in {b}"
+        n_images = len(set(self.path_column[bad]))
+        counted = f"{len(bad)} rows" + (f" ({n_images} images)" if n_images != len(bad) else "")
+        folders = sorted({str(c.data_root) for c in caches})
+        elsewhere = (f" They were extracted from different folders ({' and '.join(folders)}): join caches of "
+                     f"one folder.") if len(folders) > 1 else ""
+        raise CacheError(
+            f"{what}: {counted} hold features of different versions of their image file (size or modification "
+            f"time differ), e.g. {_example(self.path_column, self.round, bad)}: {said}. "
+            f"Re-extract {' and '.join((a, b)[k] for k in stale)} with the settings "
+            f"{'it was' if len(stale) == 1 else 'they were'} made with (and the same LABELS=/TEST=, if any); "
+            f"that updates only the changed images: "
+            + "; ".join(f"`{extract_command(caches[k])}`" for k in stale) + f".{elsewhere}")
 
     def __enter__(self) -> "FeatureSource":
         return self
@@ -271,13 +353,21 @@ def default_run_dir(features: Path | Sequence[Path], head: str) -> Path:
     return Path("runs") / "+".join(Path(p).stem for p in paths) / head
 
 
+_COMMA_JOINED = re.compile(r"\s*,\s*(?=[A-Za-z_]\w*=)")  # "64,dropout1=0.3": a second argument after a comma
+
+
 def parse_head_args(text: str | None) -> dict[str, Any]:
     """``'C=0.5 max_iter=500'`` → ``{'C': 0.5, 'max_iter': 500}`` (JSON values, else strings)."""
     out: dict[str, Any] = {}
-    for token in (text or "").split():
+    tokens = (text or "").split()
+    for n, token in enumerate(tokens, 1):
         key, sep, value = token.partition("=")
         if not sep or not key:
             raise ValueError(f"HEAD_ARGS entry {token!r} is not key=value")
+        if _COMMA_JOINED.search(value) or (value.endswith(",") and n < len(tokens)):  # 'units=64, dropout1=0.3'
+            fixed = " ".join(_COMMA_JOINED.sub(" ", text).split()).rstrip(",")
+            raise ValueError(f"HEAD_ARGS={text!r}: {key}={value!r} holds a comma; head arguments are separated by "
+                             f"spaces, not commas (unlike AUGMENT): HEAD_ARGS='{fixed}'")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -303,6 +393,29 @@ def accuracy_failures(metrics: list[dict[str, Any]], assert_accuracy: float) -> 
             f"< ASSERT_ACCURACY={assert_accuracy:g}"
             + (f" ({m['note']})" if m["note"] else "")
             for m in metrics if m["val_accuracy"] is None or m["val_accuracy"] < assert_accuracy]
+
+
+def replace_previous_run(run_dir: Path) -> list[str]:
+    """Remove what an earlier train_head left in ``run_dir`` (and its ``export/``), so no file of the old head
+    outlives the new one (e.g. training_curves.png of a dense head under a logreg run, or an export of the old
+    head). Acts only on a run folder (one holding run.json) and only on the names a run writes; returns those
+    removed. Anything else in the folder stays."""
+    if not (run_dir / "run.json").is_file():
+        return []
+    removed = []
+    export = run_dir / EXPORT_DIR
+    # export/ only when it is a real folder holding what `make export` writes (never through a symlink)
+    is_export = export.is_dir() and not export.is_symlink() and any((export / f).exists() for f in EXPORT_FILES)
+    for name in RUN_OUTPUTS + ((EXPORT_DIR,) if is_export else ()):
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _predict_timed(model: Head, X: np.ndarray, n_classes: int) -> tuple[np.ndarray, float | None]:
@@ -340,10 +453,15 @@ def train_head(
     gallery shows misclassified validation images from ``data_root`` (default: the image folder
     the cache records); ``run.json`` keeps that folder as ``data_root``.
 
+    When ``run`` already holds a run (it has ``run.json``), the new one replaces it: once the
+    head is fitted, every file the old run wrote, and its ``export/``, is removed first
+    (:func:`replace_previous_run`), so nothing of the old head survives beside the new one.
+
     With ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` (after writing the run)
-    when val accuracy is lower.
+    when val accuracy is lower. ``head`` is matched case-insensitively (``Dense`` is ``dense``).
     """
     check_threshold(assert_accuracy)
+    head = canonical_head(head)
     paths = feature_paths(features, cache_dir)
     args = dict(head_args or {})
     if "seed" in head_params(head) and "seed" not in args:
@@ -412,6 +530,11 @@ def train_head(
 
     # report.html shows thumbnails from the image folder: DATA= if given, else the one the cache records
     root = find_data_root(data_root, data.path)
+    # Only now that the new head is fitted: a failed retrain leaves the previous run whole.
+    removed = replace_previous_run(run_dir)
+    if removed:
+        log(f"replaced the previous run in {run_dir}" + (
+            f" (its {EXPORT_DIR}/ removed: re-run `make export RUN={run_dir}`)" if EXPORT_DIR in removed else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "head")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
