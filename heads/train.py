@@ -76,7 +76,7 @@ def feature_paths(features: str | os.PathLike | Sequence[str | os.PathLike] | No
         return [newest_complete(cache_dir)]
     items = features.split(",") if isinstance(features, str) else (
         [features] if isinstance(features, os.PathLike) else list(features))
-    paths = [Path(str(p).strip()) for p in items if str(p).strip()]
+    paths = [Path(str(p).strip()).expanduser() for p in items if str(p).strip()]
     if not paths:
         raise ValueError(f"FEATURES={features!r} names no file")
     if len(set(paths)) != len(paths):
@@ -169,9 +169,13 @@ class FeatureSource:
         a, b = self.paths[0].name, other.path.name
         what = f"FEATURES={','.join(str(p) for p in self.paths)}: {a} and {b} are not caches of the same images"
         if other.class_names != self.class_names:
+            only_a = [c for c in self.class_names if c not in set(other.class_names)]
+            only_b = [c for c in other.class_names if c not in set(self.class_names)]
+            differ = "; ".join([f"only in {a}: {', '.join(only_a[:5])}"] * bool(only_a)
+                               + [f"only in {b}: {', '.join(only_b[:5])}"] * bool(only_b)
+                               ) or "the same names in another order"
             raise CacheError(f"{what}: their class names differ ({len(self.class_names)} in {a}, "
-                             f"{len(other.class_names)} in {b}; "
-                             f"e.g. {self.class_names[:3]} vs {other.class_names[:3]})")
+                             f"{len(other.class_names)} in {b}; {differ})")
         o_path, o_round = other.column("path"), other.column("round")
         keys = list(zip(self.path_column, self.round.tolist()))
         position = {k: i for i, k in enumerate(zip(o_path, o_round.tolist()))}
@@ -478,6 +482,11 @@ def train_head(
         log(f"training {head} on {', '.join(p.name for p in paths)}: {len(data.train):,} train rows, "
             f"{len(data.val):,} val rows" + (f", read in blocks of {model.block_rows:,}" if model.streaming else ""))
 
+        untrained = [name for k, name in enumerate(data.class_names) if k not in set(np.unique(data.train.y).tolist())]
+        if untrained:
+            log(f"WARNING: {len(untrained)} class{'es have' if len(untrained) > 1 else ' has'} no training row: "
+                f"{', '.join(untrained[:10])}; the head gives {'them' if len(untrained) > 1 else 'it'} probability 0 "
+                f"(a Kaggle submission's log loss pays for every such image). `make verify FEATURES=...` says why.")
         validation = (data.val.X, data.val.y) if len(data.val) else None
         train_index = source.rows("train", train_rounds)
         start = time.perf_counter()
@@ -527,6 +536,8 @@ def train_head(
         metrics["epochs_run"] = model.n_epochs_
     if getattr(model, "fit_note_", ""):
         metrics["fit_note"] = model.fit_note_
+    if untrained:
+        metrics["untrained_classes"] = untrained
 
     # report.html shows thumbnails from the image folder: DATA= if given, else the one the cache records
     root = find_data_root(data_root, data.path)

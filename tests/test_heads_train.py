@@ -121,7 +121,7 @@ def test_two_caches_are_joined_by_path_and_round(tmp_path):
     ("drop", ["different image sets", "1 rows of a.h5 are not in b.h5, e.g. c/0059.png"]),
     ("label", ["1 images have different labels", "a/0000.png: 'a' in a.h5, 'b' in b.h5"]),
     ("split", ["1 images are in different splits", "a/0000.png: val in a.h5, train in b.h5", "VAL="]),
-    ("classes", ["class names differ"]),
+    ("classes", ["class names differ (3 in a.h5, 3 in b.h5; only in a.h5: c; only in b.h5: d)"]),
 ])
 def test_joined_caches_of_different_images_are_refused(tmp_path, change, words):
     X, y, split = blobs(n_per_class=20)
@@ -293,3 +293,22 @@ def test_knn_says_when_it_has_fewer_rows_than_neighbours(noise_cache, tmp_path):
     n = result.metrics["n_train"]
     assert result.metrics["fit_note"] == f"n_neighbors=100000 is more than the {n:,} training rows: all of them vote"
     assert "fit_note" not in train_head("knn", noise_cache, tmp_path / "ok", plots=False, **QUIET).metrics
+
+
+def test_a_class_with_no_training_row_is_warned_about_and_recorded(tmp_path):
+    """Its probability is 0 for every image (a Kaggle log loss of ~34.5 per such image), and nothing said so."""
+    X, y, split = blobs(n_per_class=20)
+    split = ["val" if k == 2 else s for k, s in zip(y, split)]  # class c: val rows only
+    logs: list[str] = []
+    result = train_head("logreg", write_cache(tmp_path / "a.h5", X, y, split), tmp_path / "run", log=logs.append)
+    assert result.metrics["untrained_classes"] == ["c"]
+    assert any(m.startswith("WARNING: 1 class has no training row: c; the head gives it probability 0") for m in logs)
+    assert "untrained_classes" not in train_head("logreg", write_cache(tmp_path / "b.h5", *blobs(20)), tmp_path / "ok",
+                                                 plots=False, **QUIET).metrics
+
+
+def test_features_may_start_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_cache(tmp_path / "a.h5", *blobs(20))
+    assert train_head("ridge", "~/a.h5", tmp_path / "run", plots=False, **QUIET).metrics["features"] == str(
+        tmp_path / "a.h5")
