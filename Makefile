@@ -103,9 +103,10 @@ demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, trai
 	  --out features_cache/demo-charts.h5 --overwrite --no-progress
 	$(PY) -m heads compare --features features_cache/demo-charts.h5 --heads logreg,dense --out runs/demo
 
-verify: $(STAMP) ## check a cache: FEATURES=<h5> [DATA=<dir>] (schema, complete, rows per split/round, NaN, fingerprint)
+verify: $(STAMP) ## check a cache: FEATURES=<h5> [DATA=<dir>] [ALL=1] (schema, complete, rows per split/round/class, skipped files, NaN, fingerprint)
 	@test -n "$(FEATURES)" || { echo "error: set FEATURES=<cache .h5>"; exit 2; }
-	$(PY) -m extract.verify --features "$(FEATURES)" $(call opt,DATA,--data) $(call opt,LABELS,--labels) $(call opt,TEST,--test)
+	$(PY) -m extract.verify --features "$(FEATURES)" $(call opt,DATA,--data) $(call opt,LABELS,--labels) $(call opt,TEST,--test) \
+	  $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) $(call flag,ALL,--all)
 
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)

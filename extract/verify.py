@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,13 +9,14 @@ from typing import Any
 import numpy as np
 
 from .cache import FeatureCache
-from .cli_util import run_cli
+from .cli_util import MakeVariableParser, run_cli
 
 SHOWN_SKIPS = 50  # skipped files printed by default; --all prints every one
 
 
 def verify_cache(features: str | Path, data: str | Path | None = None, labels: str | Path | None = None,
-                 test: str | Path | None = None, block_rows: int = 4096) -> dict[str, Any]:
+                 test: str | Path | None = None, block_rows: int = 4096, *, id_col: str | None = None,
+                 label_col: str | None = None) -> dict[str, Any]:
     """Check schema, completeness, row counts, NaN/inf and (if DATA is there) the fingerprint.
 
     Returns a report dict; ``report["ok"]`` is False when anything is wrong, with ``problems`` saying what.
@@ -67,7 +67,8 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
         if data is not None and data.is_dir():
             from .discover import discover  # noqa: PLC0415
 
-            found = discover(data, labels=labels, test=test, val=config["val"], seed=config["seed"])
+            found = discover(data, labels=labels, test=test, val=config["val"], seed=config["seed"], id_col=id_col,
+                             label_col=label_col)
             current = found.fingerprint() == c.fingerprint
             report["fingerprint"] = ("matches DATA" if current
                                      else "DIFFERS from DATA (images added, removed or changed)")
@@ -131,17 +132,20 @@ def format_report(report: dict[str, Any], max_skipped: int | None = SHOWN_SKIPS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m extract.verify", description=__doc__.splitlines()[0])
+    p = MakeVariableParser(prog="python -m extract.verify", description=__doc__.splitlines()[0])
     p.add_argument("--features", required=True)
     p.add_argument("--data", default=None, help="image folder to compare against (default: the recorded one)")
     p.add_argument("--labels", default=None)
     p.add_argument("--test", default=None)
+    p.add_argument("--id-col", default=None)
+    p.add_argument("--label-col", default=None)
     p.add_argument("--all", action="store_true",
                    help=f"list every skipped file (default: the first {SHOWN_SKIPS})")
     args = p.parse_args(argv)
 
     def go() -> None:
-        report = verify_cache(args.features, args.data or None, args.labels or None, args.test or None)
+        report = verify_cache(args.features, args.data or None, args.labels or None, args.test or None,
+                              id_col=args.id_col or None, label_col=args.label_col or None)
         print(format_report(report, max_skipped=None if args.all else SHOWN_SKIPS))
         if not report["ok"]:
             raise SystemExit(1)

@@ -180,3 +180,17 @@ def test_predict_refuses_an_unusable_out_before_running_the_backbone(synthetic_r
     monkeypatch.setattr(predict_module, "_embed_with", no_backbone)
     with pytest.raises(ValueError, match=re.escape(said)):
         predict(synthetic_run, tmp_path / "new", out and tmp_path / out, submission=submission, **QUIET)
+
+
+def test_verify_takes_the_labels_columns(tmp_path, capsys):
+    """`make verify … ID_COL=image_id` failed with "has no id column 'id' … Set ID_COL=", which was set."""
+    from extract.verify import main
+
+    images, csv = write_kaggle(tmp_path / "k", per_class=2)
+    csv.write_text(csv.read_text().replace("id,breed", "image_id,dog_breed", 1))
+    out = extract_features(images, csv, out=tmp_path / "k.h5", size=SIZE, weights="none", id_col="image_id",
+                           label_col="dog_breed", progress=False, **QUIET).path
+    main(["--features", str(out), "--data", str(images), "--labels", str(csv), "--id-col", "image_id",
+          "--label-col", "dog_breed"])
+    printed = capsys.readouterr().out
+    assert "fingerprint: matches" in printed and printed.rstrip().endswith("OK"), printed
