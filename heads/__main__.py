@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify images with a trained run")
     pr.add_argument("--run", required=True)
-    pr.add_argument("--images", required=True)
+    pr.add_argument("--images", type=none_or_str, default=None,
+                    help="image file or folder (default: the test rows of the run's cache, extracted with TEST=)")
     pr.add_argument("--out", type=none_or_str)
     pr.add_argument("--submission", action="store_true")
     pr.add_argument("--batch", type=int, default=32)

@@ -11,8 +11,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from extract.cache import FeatureCache
+
 from .base import load_head
-from .train import RANDOM_WEIGHTS_NOTE, full_proba
+from .train import RANDOM_WEIGHTS_NOTE, FeatureSource, full_proba
 
 
 def _log(msg: str) -> None:
@@ -86,7 +88,7 @@ def _embed_with(config: dict, paths: list[Path], batch_size: int) -> tuple[np.nd
 
 def predict(
     run: str | os.PathLike,
-    images: str | os.PathLike,
+    images: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     *,
     submission: bool = False,
@@ -102,8 +104,13 @@ def predict(
     clashes); a file that is not an image and is not named like one (``readme.txt``) is left out of it, with a
     note; an unreadable image (``broken.jpg``) keeps its row, with uniform probabilities.
     ``~`` in ``run``, ``images`` and ``out`` is the home folder.
+
+    Without ``images``, the test rows of the run's own cache(s) (``make extract TEST=``) are predicted
+    from their cached features: no image is opened and no backbone is built; the test files the
+    extraction skipped are listed with their reasons, as unreadable images are.
     """
-    run, images = Path(run).expanduser(), Path(images).expanduser()
+    run = Path(run).expanduser()
+    images = Path(images).expanduser() if images is not None else None
     out = Path(out).expanduser() if out is not None else None
     if submission and out is None:
         raise ValueError("SUBMISSION=1 writes a CSV file: pass OUT=, e.g. OUT=submission.csv")
@@ -113,23 +120,30 @@ def predict(
     # A run on joined caches (FEATURES=a.h5,b.h5) lists every cache's config in cache_configs.
     configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
     head = load_head(run / "head")
-    paths = _image_paths(images)
-    if not paths:
-        raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
-    image_suffixes = _image_suffixes()
-    if submission:  # before the backbone runs: files named like images get a row whether they decode or not
-        _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], images)
     if any(c["weights"]["kind"] == "none" for c in configs):
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
+    image_suffixes = _image_suffixes()
+    if images is None:
+        paths, feats, errors = _cached_test_rows(run, info)
+        source = f"the test rows of RUN={run}'s cache"
+        if submission:
+            _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], Path("."))
+    else:
+        paths = _image_paths(images)
+        source = f"IMAGES={images}"
+        if not paths:
+            raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
+        if submission:  # before the backbone runs: files named like images get a row whether they decode or not
+            _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], images)
+        errors = [""] * len(paths)
+        parts = []
+        for config in configs:
+            part, reasons = _embed_with(config, paths, batch_size)
+            parts.append(part)
+            errors = [e or r for e, r in zip(errors, reasons)]
+        # One cache: features keep their stored shape; several: flattened and joined in cache order, as in training.
+        feats = parts[0] if len(parts) == 1 else np.concatenate([f.reshape(len(paths), -1) for f in parts], axis=1)
     n = len(paths)
-    errors = [""] * n
-    parts = []
-    for config in configs:
-        feats, reasons = _embed_with(config, paths, batch_size)
-        parts.append(feats)
-        errors = [e or r for e, r in zip(errors, reasons)]
-    # One cache: features keep their stored shape; several: flattened and joined in cache order, as in training.
-    feats = parts[0] if len(parts) == 1 else np.concatenate([f.reshape(n, -1) for f in parts], axis=1)
     ok = np.array([not e for e in errors], bool)
     proba = np.full((n, len(class_names)), np.nan)
     if ok.any():  # a head refuses 0 rows; a folder with no readable image still gets its table of errors
@@ -159,9 +173,9 @@ def predict(
                 f"{'are' if len(left) > 1 else 'is'} not an image (content and name): " + "; ".join(
                     f"{paths[i].name} ({errors[i]})" for i in left[:10]) + ("; ..." if len(left) > 10 else ""))
         if not keep.any():
-            raise ValueError(f"IMAGES={images} has no images (none of its {n} files decodes as one); point IMAGES= "
+            raise ValueError(f"{source} has no images (none of its {n} files decodes as one); point IMAGES= "
                              f"at the folder of test images")
-        _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images)
+        _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images or Path("."))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if submission:
@@ -174,3 +188,34 @@ def predict(
             table.to_csv(out, index=False)
         log(f"wrote {out}")
     return table
+
+
+def _cached_test_rows(run: Path, info: dict) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The test rows of the run's cache(s): their paths (as the cache records them, ``test/...`` for TEST=),
+    features joined as in training, and per row '' or, for a test file the extraction skipped, its reason."""
+    files = [Path(f) for f in info.get("feature_files") or []]
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise FileNotFoundError(
+            f"RUN={run}: without IMAGES=, predict reads the test rows of the run's cache, but "
+            + (f"{missing[0]} is gone" if missing else "run.json names no cache (a run from an older headswap)")
+            + "; pass IMAGES=<folder of test images> to extract them again")
+    with FeatureSource(files) as source:
+        if source.class_names != info["class_names"] or source.configs != (
+                info.get("cache_configs") or [info["cache_config"]]):
+            raise ValueError(f"RUN={run}: its cache {files[0]} was extracted again with other settings or classes "
+                             f"since the head was trained; train the head again, or pass IMAGES=")
+        index = source.rows("test", "clean")
+        paths = [Path(str(p)) for p in source.path_column[index]]
+        if not paths:
+            raise ValueError(f"RUN={run}: its cache {files[0].name} has no test rows; extract them with "
+                             f"`make extract … TEST=<folder of test images>` (then every head predicts them in "
+                             f"seconds), or pass IMAGES=<folder of test images>")
+        feats = source.features(index)
+        # Test files the extraction skipped (DATA/test/... or TEST=, both cached as test/...) keep their row.
+        under_test = all(str(p).startswith("test/") for p in paths)
+        with FeatureCache(files[0]) as c:
+            skipped = [(Path(p), r) for p, r in c.skipped() if under_test and str(p).startswith("test/")]
+    errors = [""] * len(paths) + [r for _, r in skipped]
+    feats = np.concatenate([feats, np.zeros((len(skipped), *feats.shape[1:]), feats.dtype)])
+    return paths + [p for p, _ in skipped], feats, errors

@@ -63,7 +63,7 @@ def test_heads_train_and_predict_matches_the_cached_features(kaggle, tmp_path, h
     np.testing.assert_allclose(reloaded.predict_proba(X[rows[:5]]), expected[:5], atol=1e-6)
 
 
-def test_kaggle_submission_format(kaggle, tmp_path):
+def test_kaggle_submission_format(kaggle, tmp_path, monkeypatch):
     images, csv, test, cache = kaggle
     train_head("logreg", cache, tmp_path / "run", **QUIET)
     predict(tmp_path / "run", test, tmp_path / "sub.csv", submission=True, **QUIET)
@@ -71,6 +71,22 @@ def test_kaggle_submission_format(kaggle, tmp_path):
     assert list(sub.columns) == ["id", "circle", "square", "stripes"]
     assert sorted(sub["id"]) == sorted(p.stem for p in test.iterdir())
     np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-6)
+
+    # Without IMAGES=: the test rows cached by TEST= give the same submission, with no image opened and no
+    # backbone built (the features above were computed again from the files; same dtype rounding).
+    import PIL.Image
+
+    from extract import pipeline
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("opened an image or built a backbone")
+
+    monkeypatch.setattr(PIL.Image, "open", untouchable)
+    monkeypatch.setattr(pipeline, "load_backbone", untouchable)
+    cached = predict(tmp_path / "run", None, tmp_path / "cached.csv", submission=True, **QUIET)
+    assert len(cached) == len(sub) and not cached["error"].any()
+    again = pd.read_csv(tmp_path / "cached.csv").set_index("id").loc[sub["id"]]
+    np.testing.assert_allclose(again.to_numpy(), sub.set_index("id").to_numpy(), atol=1e-6)
 
 
 def test_a_second_head_never_opens_an_image_nor_builds_a_backbone(tmp_path, monkeypatch):
@@ -145,3 +161,28 @@ def test_make_help_lists_targets():
     out = _run(["make", "help"])
     for target in ("extract", "train-head", "predict", "demo", "test", "setup"):
         assert f"make {target}" in out.stdout
+
+
+def test_predict_from_the_cached_test_rows_keeps_skipped_test_images(tmp_path):
+    """A Kaggle test image the extraction skipped still gets its (uniform) submission row; a notes.txt does not."""
+    images, csv = write_kaggle(tmp_path / "dogs", per_class=3)
+    test = tmp_path / "dogs" / "test"
+    test.mkdir()
+    for p in sorted(images.iterdir())[:2]:
+        shutil.copy(p, test / p.name)
+    (test / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (test / "notes.txt").write_text("to do")
+    cache = extract_features(images, csv, test, out=tmp_path / "d.h5", size=SIZE, weights="none", progress=False,
+                             **QUIET).path
+    train_head("ridge", cache, tmp_path / "run", plots=False, **QUIET)
+    table = predict(tmp_path / "run", out=tmp_path / "sub.csv", submission=True, **QUIET)
+    assert sorted(Path(p).name for p in table["path"]) == sorted(p.name for p in test.iterdir())
+    sub = pd.read_csv(tmp_path / "sub.csv").set_index("id")
+    assert sorted(sub.index) == sorted(["broken", *(p.stem for p in sorted(images.iterdir())[:2])])
+    np.testing.assert_allclose(sub.loc["broken"], 1 / 3)
+
+    no_test = extract_features(images, csv, out=tmp_path / "n.h5", size=SIZE, weights="none", progress=False,
+                               **QUIET).path
+    train_head("ridge", no_test, tmp_path / "run2", plots=False, **QUIET)
+    with pytest.raises(ValueError, match=r"has no test rows; extract them with `make extract … TEST="):
+        predict(tmp_path / "run2", **QUIET)
