@@ -243,6 +243,51 @@ def weights_identity(spec: BackboneSpec, weights: str, size: int | None = None) 
     return {"kind": "file", "file": path.name, "path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
+class WeightsChangedError(ValueError):
+    """The weights a cache was extracted with are not the weights a rebuild of its backbone would load."""
+
+
+def check_recorded_weights(spec: BackboneSpec, recorded: dict[str, Any], weights: str,
+                           size: int | None = None) -> None:
+    """Refuse to rebuild ``spec`` from ``weights`` unless they are the ``recorded`` ones (a cache config's
+    ``weights``, from :func:`weights_identity` at extraction).
+
+    A head only fits features of the weights it was trained on, and a file replaced at the same path (or a
+    re-downloaded Keras file) would otherwise change every prediction silently. The kind and the file's
+    sha256 identify the weights; the file name and path only say where they were. Raises
+    ``FileNotFoundError`` (the file is gone), :class:`WeightsUnavailableError` (the Keras file is neither
+    cached nor downloadable) or :class:`WeightsChangedError` (another file), each saying how to fix it.
+    """
+    kind = recorded.get("kind")
+    if kind == "none":
+        return
+    # ImageNet weights are wherever Keras loads them from now; a file is where extraction read it.
+    where = str(KERAS_MODELS_DIR / spec.weights_file_for(size)) if kind == "imagenet" else recorded.get("path")
+    sha = recorded.get("sha256")
+    given = f"WEIGHTS=imagenet (Keras's file {where}, " if kind == "imagenet" else f"WEIGHTS={where} ("
+    needs = f"this cache (and every run trained on it) was extracted with {given}sha256 {sha or '?'})"
+
+    def refit(arg: str) -> str:
+        return (f"or re-extract with the weights you have now (`make extract ... WEIGHTS={arg}`: a new cache, "
+                f"the weights' hash is part of its key) and train the head again on it")
+
+    try:
+        current = weights_identity(spec, weights, size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{needs}, but {where} does not exist any more. Put that file back at {where}, "
+                                f"{refit('<your weights file>')}.") from None
+    except WeightsUnavailableError as err:
+        reason = str(err).splitlines()[0]
+        raise WeightsUnavailableError(f"{needs}, but it is not there and cannot be downloaded ({reason}). Put "
+                                      f"that file back at {where}, {refit('<your weights file>')}.") from err
+    if current.get("kind") != kind or (sha is not None and current.get("sha256") != sha):
+        raise WeightsChangedError(
+            f"{needs}, but {where} now holds other weights (sha256 {current.get('sha256')}): the backbone "
+            f"would compute other features than the head was trained on. Put the original file back at "
+            f"{where}, {refit(weights)}."
+        )
+
+
 def _unavailable(spec: BackboneSpec, size: int | None, err: BaseException) -> WeightsUnavailableError:
     file_name = spec.weights_file_for(size)
     by_path = "" if spec.file_weights_graph_differs else "or pass WEIGHTS=<path to the .h5 file>, "

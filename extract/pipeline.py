@@ -17,7 +17,14 @@ import numpy as np
 
 from . import cache as cache_mod
 from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
-from .backbones import backbone_function, build_backbone, get_backbone, inference_call, weights_identity
+from .backbones import (
+    backbone_function,
+    build_backbone,
+    check_recorded_weights,
+    get_backbone,
+    inference_call,
+    weights_identity,
+)
 from .decode import DECODER, DEFAULT_MAX_PIXELS, DecodeError, load_array
 from .discover import DataError, Discovery, Item, discover
 from .workers import WorkerPool, default_workers
@@ -137,15 +144,18 @@ def weights_argument(config: dict[str, Any]) -> str:
 
 
 def load_backbone(config: dict[str, Any], strategy=None):
-    """Build the backbone described by a cache config (used by extract and predict).
+    """Build the backbone described by a cache config (used by extract, predict and export).
 
+    Refuses weights other than the ones the config recorded (see
+    :func:`extract.backbones.check_recorded_weights`): hashing the file again costs ~0.1 s per 100 MB.
     With a ``tf.distribute`` strategy the weights are mirrored on each of its devices.
     """
+    spec = get_backbone(config["backbone"]["name"])
+    weights = weights_argument(config)
+    check_recorded_weights(spec, config["weights"], weights, config["size"])
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        return build_backbone(
-            get_backbone(config["backbone"]["name"]), config["size"], config["pooling"],
-            weights_argument(config), seed=config["seed"], precision=config["precision"],
-        )
+        return build_backbone(spec, config["size"], config["pooling"], weights, seed=config["seed"],
+                              precision=config["precision"])
 
 
 def replica_strategy(devices: Sequence[str] | None = None):
@@ -506,12 +516,13 @@ def extract_features(
                          else pool.feature_shape if pool is not None else kept_shape)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
         throughput = len(plan.views) / (time.perf_counter() - compute_start) if plan.views else None
+        recorded_rate = _rate_to_record(plan.old, throughput, len(plan.views))
         rows = _assemble_or_explain(
             path, current={it.relpath: cache_mod.RowInfo(it.label, it.split, it.stamp) for it in found.items},
             wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
             old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
             feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root,
-            versions=_versions(), images_per_second=throughput, max_pixels=max_pixels,
+            versions=_versions(), images_per_second=recorded_rate, max_pixels=max_pixels,
         )
         seconds = time.perf_counter() - start
     with cache_mod.FeatureCache(path) as c:
@@ -557,6 +568,23 @@ def _assemble_or_explain(path: Path, **kwargs: Any) -> int:
             f"writing {path} failed: {err}. The extracted rows are kept in {cache_mod.parts_dir(path)}; fix the "
             f"cause (e.g. free disk space) and rerun the same command to finish."
         ) from err
+
+
+def _rate_to_record(old: Path | None, rate: float | None, views: int) -> float | None:
+    """The images/s the cache records: this run's ``rate`` over its ``views``, unless it updated ``old`` (a cache
+    with a recorded rate) and extracted fewer views than ``old`` holds (rows + skipped): then ``old``'s rate.
+
+    A small incremental update is no measure of speed (a few batches, warm-up included: 4 img/s where the
+    full run made 31), so the rate of the run that extracted the cache stays until a run as large replaces it.
+    """
+    if old is None or not old.exists():
+        return rate
+    with cache_mod.FeatureCache(old) as c:
+        kept = c.attrs.get("images_per_second")
+        held = c.n_rows + len(c.skipped())
+    if kept is None or (rate is not None and views >= held):
+        return rate
+    return float(kept)
 
 
 def _old_feature_shape(old: Path | None) -> tuple[int, ...] | None:

@@ -116,8 +116,9 @@ def compare_backbones(
     out.mkdir(parents=True, exist_ok=True)
     md = (f"# Backbones on `{dataset}`, head `{head}`\n\n" + _markdown(table) + "\n\n"
           "images/s: extraction throughput (decode + backbone + write, backbone build excluded) recorded in the "
-          "cache by the run that extracted it, on the machine it ran on; `cached` means the cache was reused "
-          "(its recorded throughput is shown), `updated` that this run (re)extracted only part of it.\n")
+          "cache by the run that extracted it, on the machine it ran on. `(cached)`: this run reused the cache "
+          "and extracted nothing; `(updated)`: this run resumed it or extracted only added or changed images, "
+          "and the rate is the cache's recorded one (a smaller update keeps the larger run's rate).\n")
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out / "compare_backbones.md").write_text(md)
@@ -136,16 +137,23 @@ def _safe(name: str) -> str:
 
 
 def _display(table: pd.DataFrame) -> pd.DataFrame:
-    """Rounded copy for people: a reused cache's unknown throughput reads 'cached', not a number."""
+    """Rounded copy for people: the throughput carries its extraction status (see :func:`_rate_label`)."""
     shown = pd.DataFrame({
         "backbone": table["backbone"], "size": table["size"], "feature width": table["feature_width"],
         "val accuracy": table["val_accuracy"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.4f}"),
         "val log loss": table["val_log_loss"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.4f}"),
-        "images/s": [f"{v:,.1f}" if v is not None and not pd.isna(v) else status
-                     for v, status in zip(table["images_per_second"], table["extraction"])],
+        "images/s": [_rate_label(v, status) for v, status in zip(table["images_per_second"], table["extraction"])],
         "cache MB": table["cache_mb"].map(lambda v: f"{v:,.1f}"),
     })
     return shown
+
+
+def _rate_label(ips: float | None, status: str) -> str:
+    """'31.0' for a cache this run extracted; '31.0 (cached)' / '31.0 (updated)' when the rate was recorded by an
+    earlier run; the status alone when no rate is recorded."""
+    if ips is None or pd.isna(ips):
+        return status
+    return f"{ips:,.1f}" + ("" if status == "extracted" else f" ({status})")
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -177,8 +185,8 @@ def plot_backbones(table: pd.DataFrame, out: Path, title: str = "") -> Path:
     speed_ax.barh(y, known, color="tab:orange")
     speed_ax.set_xlabel("extraction images/s (this machine)")
     for i, (v, status) in enumerate(zip(ips, table["extraction"])):
-        speed_ax.text(known[i], i, f" {known[i]:,.1f}" if known[i] else f" {status}", va="center")
-    speed_ax.set_xlim(0, max(known + [1.0]) * 1.3)
+        speed_ax.text(known[i], i, f" {_rate_label(v, status)}", va="center")
+    speed_ax.set_xlim(0, max(known + [1.0]) * 1.6)  # room for '(updated)'
     acc_ax.set_yticks(y, names)
     acc_ax.invert_yaxis()
     fig.suptitle(title)

@@ -49,6 +49,7 @@ FORMATS = ("keras", "saved_model", "tflite")
 # How a linear head with one coef row (two classes) scores its two columns: (first, second) × z.
 _BINARY_COLUMNS = {"softmax": (0.0, 1.0), "softmax-pm": (-1.0, 1.0), "ovr-sigmoid": (0.0, 1.0)}
 CHECK_IMAGES = 8
+CHECK_TOLERANCE = 1e-3  # largest probability difference the self-check lets pass without a warning
 
 
 def _log(msg: str) -> None:
@@ -450,7 +451,8 @@ def export_run(
     conversion is logged and recorded in ``export.json``; the other formats are still written.
     With ``check=True``, up to 8 cached images that still exist are run through the exported
     model(s) and compared with the head on their cached features; ``export.json`` records the
-    largest probability differences (and warns above 1e-3, e.g. when the backbone weights changed).
+    largest probability differences and warns above 1e-3: model vs head (the rebuilt backbone differs), and
+    the SavedModel's bytes path vs the Pillow path (served predictions can then differ from ``make predict``'s).
     """
     from extract.decode import load_array  # noqa: PLC0415
 
@@ -498,10 +500,19 @@ def export_run(
             if "tflite" in files:
                 checks["tflite_vs_keras_max_abs_diff"] = float(
                     np.abs(_tflite_outputs(out_dir / "model.tflite", images) - probs).max())
-            if checks["keras_vs_head_max_abs_diff"] > 1e-3:
+            if checks["keras_vs_head_max_abs_diff"] > CHECK_TOLERANCE:
                 log(f"WARNING: the exported model differs from the head on cached features by up to "
-                    f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability; was the backbone's "
-                    f"weights file changed since extraction?")
+                    f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability: the rebuilt backbone computes "
+                    f"other features than extraction did (another TensorFlow/Keras version? the weights file "
+                    f"itself is checked before building)")
+            if checks["bytes_path_vs_pillow_path_max_abs_diff"] > CHECK_TOLERANCE:
+                log(f"WARNING: the SavedModel's bytes path (TF decode + resize, signature serving_default) moves "
+                    f"probabilities by up to {checks['bytes_path_vs_pillow_path_max_abs_diff']:.2g} against the "
+                    f"Pillow-decoded pixels of the same {checks['images']} images (pixels differ by up to "
+                    f"{checks['tf_decode_vs_pillow_max_pixel_diff']} grey levels): predictions served from "
+                    f"encoded bytes can differ from `make predict`'s (a voting head such as knn can flip on one "
+                    f"grey level). Where they must agree, decode with "
+                    f"extract.decode.load_array and call the serve_images signature (or model.keras).")
     random_weights = any(c["weights"]["kind"] == "none" for c in _cache_configs(exp.info))
     manifest = {
         "run": str(run.resolve()),
