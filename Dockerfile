@@ -1,6 +1,6 @@
-# headswap on GPUs: `docker build -t headswap .` then
+# headswap on GPUs: `docker build -t headswap .` then (host folders writable by uid 1000, see README)
 #   docker run --gpus all -v "$PWD/data:/data" -v "$PWD/features_cache:/app/features_cache" \
-#     -v "$PWD/runs:/app/runs" headswap make extract DATA=/data
+#     -v "$PWD/runs:/app/runs" -v "$HOME/.keras:/home/headswap/.keras" headswap make extract DATA=/data
 # The base image pins the same TensorFlow as pyproject.toml (2.21, Keras 3).
 FROM tensorflow/tensorflow:2.21.0-gpu
 
@@ -19,10 +19,10 @@ WORKDIR /app
 COPY --chown=headswap:headswap . /app
 USER 1000
 
-# Installed the same way as the README (`make setup`); the venv sees the base image's
-# CUDA-enabled TensorFlow, so pip keeps it instead of downloading another.
+# Installed the same way as the README (`make setup`), without the dev extras (pytest, hadolint); the venv
+# sees the base image's CUDA-enabled TensorFlow, so pip keeps it instead of downloading another.
 RUN python3 -m venv --system-site-packages .venv \
-    && make setup
+    && make setup EXTRAS=
 
 VOLUME ["/data", "/app/features_cache", "/app/runs", "/home/headswap/.keras"]
 ENTRYPOINT []

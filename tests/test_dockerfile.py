@@ -37,3 +37,16 @@ def test_the_package_holds_the_three_packages_and_not_bench_output(tmp_path):
     include = ast.literal_eval(re.search(r"^include = (\[.*\])$", section, re.M).group(1))
     assert sorted(find_namespace_packages(str(tmp_path), include=include)) == [
         "bench", "extract", "extract.sub", "heads"]
+
+
+def test_the_image_installs_without_the_dev_extras():
+    """`make setup` installs pytest and hadolint (dev); the image runs `make setup EXTRAS=`, which must install
+    headswap alone (`make -n -B`: the commands, none run)."""
+    def install_line(*variables: str) -> str:
+        out = subprocess.run(["make", "-n", "-B", "setup", "VENV=/nonexistent/venv", *variables], cwd=REPO,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return next(line for line in out.splitlines() if "pip install --quiet -e" in line)
+
+    assert install_line().endswith("-e '.[dev]'")
+    assert install_line("EXTRAS=").endswith("-e '.'")
+    assert re.search(r"^\s*&& make setup EXTRAS=$", (REPO / "Dockerfile").read_text(), re.M)
