@@ -6,7 +6,8 @@ Two layouts:
   the training set and a labelled test set;
 * Kaggle style: ``DATA/<id>.<ext>`` plus a CSV with an id column and a label column.
 
-``TEST=<folder>`` adds unlabelled images (label -1) to the test split.
+``TEST=<folder>`` adds unlabelled images (label -1) to the test split; it must not be (or hold) the
+training images. A labels CSV whose header has no comma but ``;``, a tab or ``|`` is read with that.
 
 Every file found is either an :class:`Item` to extract or a :class:`Skip` with a reason;
 nothing is dropped silently. Hidden files (``.DS_Store``, ``._x.jpg``) are the one exception.
@@ -16,6 +17,7 @@ that cannot be listed are skipped with their reason. A class folder with no file
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from collections import Counter
@@ -207,23 +209,115 @@ def _empty_class_note(folder: str, test: bool = False) -> str:
     return f"class folder {folder}/ is empty, so {name} is not one of the classes; put images in it to make it one"
 
 
+OTHER_SEPARATORS = (";", "\t", "|")  # what spreadsheets write when told not to use commas
+
+
+def _header_separator(labels_csv: Path) -> str:
+    """``,`` unless the header line has no comma but another separator (a semicolon export from a spreadsheet).
+
+    Only the header decides: every usable labels CSV has at least 2 columns, so a comma-separated one has a
+    comma in its header and is read exactly as before.
+    """
+    with open(labels_csv, encoding="utf-8-sig", errors="replace", newline="") as f:
+        header = f.readline()
+    if "," in header:
+        return ","
+    found = [(header.count(sep), sep) for sep in OTHER_SEPARATORS if sep in header]
+    return max(found)[1] if found else ","
+
+
+def _shown_sep(sep: str) -> str:
+    return "tab" if sep == "\t" else repr(sep)
+
+
+def _row_lines(labels_csv: Path, sep: str, rows: int) -> list[int] | None:
+    """The 1-based line in the file where each data row starts (the header is line 1), as pandas reads them:
+    blank lines skipped, quoted fields spanning lines. None if the count does not match pandas' ``rows``."""
+    starts, previous = [], 0
+    with open(labels_csv, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            for record in reader:
+                if any(cell.strip() for cell in record) or len(record) > 1:
+                    starts.append(previous + 1)
+                previous = reader.line_num
+        except csv.Error:
+            return None
+    return starts[1:] if len(starts) == rows + 1 else None
+
+
+def _lines(numbers: list[int], most: int = 5) -> str:
+    """``line 62`` / ``lines 3, 9, 62`` / ``lines 3, 9, 12, 30, 41 (7 in all)``."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]}"
+    more = f" ({len(numbers)} in all)" if len(numbers) > most else ""
+    return f"lines {', '.join(map(str, numbers[:most]))}{more}"
+
+
+def _empty_cells_error(labels_csv: Path, ids: pd.Series, labels: pd.Series, id_col: str, label_col: str,
+                       line_of: list[int] | None) -> DataError | None:
+    """Rows with an empty id, an empty label or both, named by their line in the CSV."""
+    no_id, no_label = ids == "", labels == ""
+    if not (no_id | no_label).any():
+        return None
+
+    def where(mask: pd.Series) -> list[int]:
+        # Without a reliable line map, data row k (1-based) is line k + 1 when nothing spans lines.
+        return [line_of[i] if line_of else i + 2 for i in range(len(mask)) if mask.iloc[i]]
+
+    name, parts = labels_csv.name, []
+    both = where(no_id & no_label)
+    if both:
+        verb = "is" if len(both) == 1 else "are"
+        parts.append(f"{_lines(both)} of {name} {verb} empty in both columns ({id_col} and {label_col})")
+    id_only = where(no_id & ~no_label)
+    if id_only:
+        verb = "has" if len(id_only) == 1 else "have"
+        parts.append(f"{_lines(id_only)} of {name} {verb} an empty {id_col!r} but a {label_col}")
+    label_only = no_label & ~no_id
+    if label_only.any():
+        parts.append(f"{int(label_only.sum())} rows of {name} have an empty {label_col!r}, e.g. "
+                     f"{', '.join(ids[label_only].iloc[:3])} ({_lines(where(label_only), 3)})")
+    return DataError(f"{'; '.join(parts)}. Fill them in or delete those lines.")
+
+
+def _found_below(files: list[str], missing: list[str]) -> tuple[str, int] | None:
+    """The sub-folder of DATA (one level down) holding the most of the ``missing`` ids, and how many."""
+    names: dict[str, set[str]] = {}
+    for f in files:
+        parts = Path(f).parts
+        if len(parts) > 1:
+            rest = os.path.join(*parts[1:])
+            names.setdefault(parts[0], set()).update((rest, os.path.splitext(rest)[0]))
+    counts = {sub: sum(m in held for m in missing) for sub, held in names.items()}
+    best = max(sorted(counts), key=counts.__getitem__, default=None)
+    return (best, counts[best]) if best is not None and counts[best] else None
+
+
 def _csv_items(
     root: Path, labels_csv: Path, id_col: str | None, label_col: str | None
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str]]:
     if not labels_csv.is_file():
         raise DataError(f"LABELS={labels_csv} does not exist.")
+    notes = []
+    sep = _header_separator(labels_csv)
     try:
-        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, sep=sep)
     except pd.errors.EmptyDataError:
         raise DataError(
             f"LABELS={labels_csv} is empty; it needs a header line (e.g. id,breed) and one row per image."
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        row_form = ("one comma-separated row per image" if sep == "," else
+                    f"one row per image, separated by {_shown_sep(sep)} like its header")
         raise DataError(
             f"LABELS={labels_csv} is not a readable CSV ({str(err).strip()}); it needs a header line "
-            f"(e.g. id,breed) and one comma-separated row per image."
+            f"(e.g. id,breed) and {row_form}."
         ) from None
     cols = list(table.columns)
+    if sep != ",":
+        notes.append(f"{labels_csv.name} is separated by {_shown_sep(sep)}, not commas (its header has no comma): "
+                     f"read it with {_shown_sep(sep)}, columns {', '.join(map(str, cols))}")
     if table.empty:
         raise DataError(
             f"LABELS={labels_csv} has no rows (only a header: {','.join(map(str, cols))}); add one row per image, "
@@ -247,19 +341,17 @@ def _csv_items(
         )
     ids = table[id_col].str.strip()
     labels = table[label_col].str.strip()
+    # Before the duplicate check: two `,` lines would otherwise be reported as a duplicated (empty) id.
+    empty_cells = _empty_cells_error(labels_csv, ids, labels, id_col, label_col,
+                                     _row_lines(labels_csv, sep, len(table)))
+    if empty_cells:
+        raise empty_cells
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise DataError(
             f"{len(dup)} ids appear more than once in {labels_csv.name}, e.g. {', '.join(dup[:3])}. "
             f"Keep one row per image."
         )
-    empty = ids[labels == ""]
-    if len(empty):
-        raise DataError(
-            f"{len(empty)} rows of {labels_csv.name} have an empty {label_col!r}, e.g. "
-            f"{', '.join(empty.iloc[:3])}. Fill them in or remove those rows."
-        )
-    notes = []
     tree = _walk(root)
     files = tree.files
     by_full = {f: f for f in files}
@@ -281,15 +373,70 @@ def _csv_items(
         used.add(rel)
         rows.append((rel, str(root / rel), index[label]))
     if missing:
+        below = _found_below(files, missing)
+        if below is None:
+            fix = "Fix DATA= or remove those rows."
+        elif below[1] == len(missing):
+            fix = f"They are in {root / below[0]}: pass DATA={root / below[0]}."
+        else:
+            fix = f"{below[1]} of them are in {root / below[0]}: is DATA={root / below[0]} the image folder?"
         raise DataError(
             f"{len(missing)} ids in {labels_csv.name} have no image in DATA={root}, e.g. "
-            f"{', '.join(missing[:5])}. Fix DATA= or remove those rows."
+            f"{', '.join(missing[:5])}. {fix}"
         )
     extra = [f for f in files if f not in used]
     skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra] + tree.skips()
     if extra:
         notes.append(f"{len(extra)} files in DATA are not in {labels_csv.name} (listed as skipped), e.g. {extra[0]}")
     return rows, skipped, classes, notes
+
+
+def _nested_classes(rels: list[str]) -> dict[str, list[str]]:
+    """Class folders with no image directly inside but images in 2 or more sub-folders, with those sub-folders.
+
+    ``rels`` are ``<class>/...`` paths. Such a class folder is usually a data set one level too deep
+    (``DATA/charts/<class>/``), so its sub-folders are the real classes.
+    """
+    direct, subs = set(), {}
+    for rel in rels:
+        parts = Path(rel).parts
+        if len(parts) == 2:
+            direct.add(parts[0])
+        elif len(parts) > 2:
+            subs.setdefault(parts[0], set()).add(parts[1])
+    return {c: sorted(held) for c, held in sorted(subs.items()) if c not in direct and len(held) >= 2}
+
+
+def _folders(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(f"{n}/" for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _check_test_folder(data: Path, test: Path, labels: object, train_test: bool) -> None:
+    """Refuse a TEST= folder whose images would also be read as training images (or as the labelled test set).
+
+    With LABELS= only DATA itself is refused: the CSV picks the training images, and a test folder beside
+    (or, oddly, below) the image folder is the usual Kaggle layout.
+    """
+    d, t = data.resolve(), test.resolve()
+    separate = "TEST= must be a separate folder of unlabelled test images, e.g. ~/dogs/test beside ~/dogs/train"
+    if t == d:
+        raise DataError(f"TEST={test} is DATA={data} itself, so every training image would also be cached as an "
+                        f"unlabelled test row. {separate}.")
+    if d.is_relative_to(t):
+        raise DataError(f"TEST={test} contains DATA={data}, so every training image would also be cached as an "
+                        f"unlabelled test row. {separate}.")
+    if labels is not None or not t.is_relative_to(d):
+        return
+    test_set = (data / "test").resolve()
+    if train_test and t.is_relative_to(test_set):
+        raise DataError(f"TEST={test} is {'' if t == test_set else 'inside '}{data / 'test'}, which DATA={data} "
+                        f"already reads as the labelled test set (it has train/ and test/): drop TEST=, or give a "
+                        f"folder outside DATA.")
+    read_as = ("which has train/ and test/ (the training set and the labelled test set)" if train_test else
+               "whose images are all read as training images (their folders are the classes)")
+    raise DataError(f"TEST={test} is inside DATA={data}, {read_as}, so its images would be cached twice. {separate}, "
+                    f"outside DATA.")
 
 
 def discover(
@@ -307,19 +454,28 @@ def discover(
     """
     data = Path(data).expanduser()
     _check_root(data)
+    train_test = labels is None and (data / "train").is_dir() and (data / "test").is_dir()
+    if test is not None:
+        test = Path(test).expanduser()
+        _check_root(test, "TEST")
+        _check_test_folder(data, test, labels, train_test)
     notes: list[str] = []
     labelled_test: list[tuple[str, str, int]] = []
+    nested: dict[str, list[str]] = {}  # class folders that look one level too deep
     empty: list[str] = []  # class folders with no files
     if labels is not None:
         rows, skipped, classes, notes = _csv_items(data, Path(labels).expanduser(), id_col, label_col)
         name = data.resolve().parent.name if data.name in ("train", "images") else data.resolve().name
-    elif (data / "train").is_dir() and (data / "test").is_dir():
+    elif train_test:
         rows, skipped, classes, empty = _class_folder_items(data / "train", None, prefix="train/")
         labelled_test, test_skipped, _, test_empty = _class_folder_items(
             data / "test", classes, prefix="test/", empty_classes=tuple(empty))
         skipped += test_skipped
         notes = [_empty_class_note(f"train/{f}") for f in empty]
         notes += [_empty_class_note(f"test/{f}", test=True) for f in test_empty if f not in empty]
+        nested = _nested_classes([rel.removeprefix("train/") for rel, _, _ in rows])
+        notes += [f"class {c!r} holds its images in sub-folders {_folders(subs)} of train/{c}/, none directly in "
+                  f"it: if those are the classes, move them up into train/ (and test/)" for c, subs in nested.items()]
         skipped += [Skip(rel, "not in train/ or test/: with DATA/train and DATA/test, only those are read")
                     for rel in _walk_files(data) if Path(rel).parts[0] not in ("train", "test")]
         name = data.resolve().name
@@ -334,13 +490,21 @@ def discover(
             )
         rows, skipped, classes, empty = _class_folder_items(data, None)
         notes = [_empty_class_note(f) for f in empty]
+        nested = _nested_classes([rel for rel, _, _ in rows])
+        notes += [f"class {c!r} holds its images in sub-folders {_folders(subs)} of {c}/, none directly in it: "
+                  f"if those are the classes, pass DATA={data / c}" for c, subs in nested.items()]
         name = data.resolve().name
     if not rows:
         raise DataError(f"DATA={data} has no images. Use one subfolder per class, or pass LABELS=<csv>.")
     if len(classes) < 2:
         emptied = " (its other class folders are empty)" if labels is None and empty else ""
+        deeper = ""
+        if labels is None and not train_test and classes[0] in nested:
+            deeper = (f" Its images are in sub-folders {_folders(nested[classes[0]])} of {classes[0]}/: "
+                      f"if those are the classes, pass DATA={data / classes[0]}.")
         raise DataError(
             f"DATA={data} has only one class with images ({classes[0]!r}){emptied}; a classifier needs at least 2."
+            + deeper
         )
     counts = Counter(label for _, _, label in rows)
     lonely = [classes[i] for i, n in sorted(counts.items()) if n == 1]
@@ -352,8 +516,6 @@ def discover(
     items = [Item(rel, path, label, splits[rel], file_stamp(path)) for rel, path, label in rows]
     items += [Item(rel, path, label, TEST, file_stamp(path)) for rel, path, label in labelled_test]
     if test is not None:
-        test = Path(test).expanduser()
-        _check_root(test, "TEST")
         test_tree = _walk(test)
         items += [Item(f"test/{rel}", str(test / rel), UNLABELLED, TEST, file_stamp(str(test / rel)))
                   for rel in test_tree.files]

@@ -1,0 +1,218 @@
+"""Discovery messages from user walkthroughs: each names the bad line, folder or value and says how to fix it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, draw, write_class_folders, write_kaggle
+
+from extract import DataError, discover
+
+
+def _kaggle_rows(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    images, csv = write_kaggle(tmp_path / "k", per_class=2)
+    return images, csv, csv.read_text().splitlines()
+
+
+# 1. empty cells in labels.csv
+
+
+def test_a_line_that_is_just_a_comma_is_named_by_line_and_both_columns(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines + [","]) + "\n")
+    line = len(lines) + 1  # the header is line 1
+    with pytest.raises(DataError, match=rf"^line {line} of labels.csv is empty in both columns \(id and breed\)\. "
+                                        r"Fill them in or delete those lines\.$"):
+        discover(images, labels=csv)
+
+
+def test_empty_ids_and_labels_are_told_apart_and_lines_count_blank_and_quoted_lines(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    header, rows = lines[0], lines[1:]
+    no_breed = rows[3].split(",")[0]
+    # A blank line and a quoted id spanning two lines: pandas reads each as no row/one row; lines still count.
+    text = [header, rows[0], "", rows[1], ",", ",circle", f"{no_breed},", '"two\nlines",square', ",", rows[2]]
+    csv.write_text("\n".join(text + rows[4:]) + "\n")
+    message = ("lines 5, 10 of labels.csv are empty in both columns (id and breed); "
+               "line 6 of labels.csv has an empty 'id' but a breed; "
+               f"1 rows of labels.csv have an empty 'breed', e.g. {no_breed} (line 7). "
+               "Fill them in or delete those lines.")
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        discover(images, labels=csv)
+
+
+def test_two_comma_lines_are_empty_lines_not_a_duplicated_id(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines + [",", " , "]) + "\n")
+    with pytest.raises(DataError, match=rf"^lines {len(lines) + 1}, {len(lines) + 2} of labels.csv are empty in both"):
+        discover(images, labels=csv)
+
+
+# 2. another separator than commas
+
+
+@pytest.mark.parametrize("sep, shown", [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
+def test_a_labels_csv_separated_otherwise_is_read_with_its_separator_and_a_note(tmp_path, sep, shown):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    want = {it.relpath: it.label for it in discover(images, labels=csv).items}
+    csv.write_text("\n".join(line.replace(",", sep) for line in lines) + "\n")
+    found = discover(images, labels=csv)
+    assert {it.relpath: it.label for it in found.items} == want
+    assert found.class_names == list(CLASSES)
+    assert found.notes == [f"labels.csv is separated by {shown}, not commas (its header has no comma): "
+                           f"read it with {shown}, columns id, breed"]
+
+
+def test_a_semicolon_csv_with_a_comma_in_a_label_keeps_the_label_whole(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(line.replace(",", ";").replace("square", "square, big") for line in lines) + "\n")
+    assert discover(images, labels=csv).class_names == ["circle", "square, big", "stripes"]
+
+
+def test_a_badly_split_semicolon_csv_names_its_separator(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(line.replace(",", ";") for line in lines) + "\nabc;circle;extra\n")
+    with pytest.raises(DataError, match=r"is not a readable CSV \(.*Expected 2 fields in line 8, saw 3\).*"
+                                        r"one row per image, separated by ';' like its header\.$"):
+        discover(images, labels=csv)
+
+
+def test_a_comma_csv_with_semicolons_in_its_values_is_read_with_commas(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines).replace("stripes", "stripes;wide") + "\n")
+    found = discover(images, labels=csv)
+    assert found.class_names == ["circle", "square", "stripes;wide"]
+    assert found.notes == []
+
+
+# 3. DATA one level above the images of LABELS=
+
+
+def test_ids_found_one_folder_down_say_which_data_to_pass(tmp_path):
+    images, csv, _ = _kaggle_rows(tmp_path)
+    (tmp_path / "k" / "test").mkdir()
+    parent = images.parent
+    with pytest.raises(DataError, match=rf"^6 ids in labels.csv have no image in DATA={parent}, e.g. .*\. "
+                                        rf"They are in {images}: pass DATA={images}\.$"):
+        discover(parent, labels=csv)
+
+
+def test_ids_partly_found_one_folder_down_are_counted(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines + ["nowhere,circle"]) + "\n")
+    with pytest.raises(DataError, match=rf"^7 ids .* 6 of them are in {images}: is DATA={images} the image folder\?$"):
+        discover(images.parent, labels=csv)
+
+
+def test_ids_found_nowhere_keep_the_plain_advice(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines + ["nowhere,circle"]) + "\n")
+    with pytest.raises(DataError, match=r"^1 ids .*e.g. nowhere\. Fix DATA= or remove those rows\.$"):
+        discover(images, labels=csv)
+
+
+# 4. class folders one level too deep
+
+
+def test_class_folders_one_level_too_deep_are_noted(tmp_path):
+    data = tmp_path / "d"
+    write_class_folders(data / "charts", per_class=2)
+    write_class_folders(data / "charts_v2", per_class=2)
+    found = discover(data)
+    assert found.class_names == ["charts", "charts_v2"]
+    assert found.notes == [
+        f"class {c!r} holds its images in sub-folders circle/, square/, stripes/ of {c}/, none directly in it: "
+        f"if those are the classes, pass DATA={data / c}" for c in ("charts", "charts_v2")
+    ]
+
+
+def test_class_folders_with_their_own_images_or_one_sub_folder_are_not_noted(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    rng = np.random.default_rng(0)
+    for sub in ("2019", "2020"):  # circle/ holds images itself too
+        (data / "circle" / sub).mkdir()
+        draw("circle", rng).save(data / "circle" / sub / "x.png")
+    (data / "square" / "square_00.png").unlink()
+    (data / "square" / "square_01.png").unlink()
+    (data / "square" / "scans").mkdir()  # one sub-folder only
+    for name in ("y.png", "z.png"):
+        draw("square", rng).save(data / "square" / "scans" / name)
+    assert discover(data).notes == []
+
+
+def test_one_class_folder_one_level_too_deep_suggests_it_as_data(tmp_path):
+    data = tmp_path / "d"
+    write_class_folders(data / "charts", per_class=2)
+    with pytest.raises(DataError, match=rf"only one class with images \('charts'\); a classifier needs at least 2\. "
+                                        rf"Its images are in sub-folders circle/, square/, stripes/ of charts/: "
+                                        rf"if those are the classes, pass DATA={data / 'charts'}\.$"):
+        discover(data)
+
+
+def test_train_class_folders_one_level_too_deep_are_noted(tmp_path):
+    write_class_folders(tmp_path / "d" / "train" / "charts", per_class=2)
+    write_class_folders(tmp_path / "d" / "train" / "maps", per_class=2)
+    write_class_folders(tmp_path / "d" / "test", per_class=1)
+    shutil.rmtree(tmp_path / "d" / "test" / "stripes")
+    for c in ("circle", "square"):
+        (tmp_path / "d" / "test" / c).rename(tmp_path / "d" / "test" / {"circle": "charts", "square": "maps"}[c])
+    found = discover(tmp_path / "d")
+    assert found.notes == [
+        f"class {c!r} holds its images in sub-folders circle/, square/, stripes/ of train/{c}/, none directly in it: "
+        f"if those are the classes, move them up into train/ (and test/)" for c in ("charts", "maps")
+    ]
+
+
+# 5. TEST= that overlaps DATA
+
+
+def test_test_equal_to_class_folder_data_is_refused(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    with pytest.raises(DataError, match=rf"^TEST={data} is DATA={data} itself, so every training image would also "
+                                        r"be cached as an unlabelled test row\. TEST= must be a separate folder"):
+        discover(data, test=data)
+    with pytest.raises(DataError, match=r"is DATA=.* itself"):
+        discover(data, test=tmp_path / "d" / "circle" / "..")  # the same folder, spelled otherwise
+
+
+def test_test_inside_class_folder_data_is_refused(tmp_path):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    with pytest.raises(DataError, match=rf"^TEST={data / 'circle'} is inside DATA={data}, whose images are all read "
+                                        r"as training images .*TEST= must be a separate folder"):
+        discover(data, test=data / "circle")
+
+
+def test_test_containing_data_is_refused(tmp_path):
+    images, csv, _ = _kaggle_rows(tmp_path)
+    with pytest.raises(DataError, match=rf"^TEST={images.parent} contains DATA={images}, so every training image"):
+        discover(images, labels=csv, test=images.parent)
+
+
+def test_test_equal_to_the_labels_image_folder_is_refused(tmp_path):
+    images, csv, _ = _kaggle_rows(tmp_path)
+    with pytest.raises(DataError, match=rf"^TEST={images} is DATA={images} itself"):
+        discover(images, labels=csv, test=images)
+
+
+def test_a_test_folder_beside_the_labels_image_folder_is_accepted(tmp_path):
+    images, csv, _ = _kaggle_rows(tmp_path)
+    test = images.parent / "test"
+    test.mkdir()
+    draw("circle", np.random.default_rng(0)).save(test / "abc.jpg")
+    found = discover(images, labels=csv, test=test)
+    assert [(it.relpath, it.label) for it in found.items if it.split == "test"] == [("test/abc.jpg", -1)]
+
+
+def test_test_equal_to_the_auto_detected_test_folder_is_refused(tmp_path):
+    data = tmp_path / "d"
+    write_class_folders(data / "train", per_class=2)
+    write_class_folders(data / "test", per_class=1)
+    with pytest.raises(DataError, match=rf"^TEST={data / 'test'} is {data / 'test'}, which DATA={data} already reads "
+                                        r"as the labelled test set \(it has train/ and test/\): drop TEST="):
+        discover(data, test=data / "test")
+    with pytest.raises(DataError, match=rf"^TEST={data / 'train'} is inside DATA={data}, which has train/ and test/"):
+        discover(data, test=data / "train")
