@@ -245,11 +245,75 @@ def _apply_orientation(img: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(orientation - 1, branches)
 
 
+_DRAFT_RATIOS = (1, 2, 4, 8)
+
+
+def _jpeg_draft_index(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Index in ``_DRAFT_RATIOS`` of the DCT scale Pillow's ``JpegImageFile.draft("RGB", (size, size))`` picks.
+
+    Pillow takes ``min(width // size, height // size)`` of the stored (not EXIF-rotated) frame and
+    the largest of 8, 4, 2, 1 not above it: a JPEG is scaled only when at least twice ``size`` on
+    both sides, and never below ``size``. ``load_rgb`` drafts only format "JPEG", not MPO (:func:`_is_mpo`).
+    """
+    shape = tf.io.extract_jpeg_shape(data)
+    scale = tf.minimum(shape[1] // size, shape[0] // size)
+    index = tf.reduce_sum(tf.cast(scale >= tf.constant(_DRAFT_RATIOS[1:]), tf.int32))
+    return tf.where(_is_mpo(data), 0, index)
+
+
+def _is_mpo(data: tf.Tensor) -> tf.Tensor:
+    """Whether Pillow opens this JPEG as an MPO (format "MPO"), which ``load_rgb`` decodes without ``draft``.
+
+    Pillow does when an APP2 ``MPF\\0`` block's MP index (a TIFF IFD) gives NumberOfImages (tag
+    0xB001) above 1, unless an APP1 holds Ultra HDR's `` hdrgm:Version="`` (looked for anywhere here).
+    Reads the IFD of the first MPF block within its first 1 KiB, little or big endian.
+    """
+    window = 1024
+    parts = tf.strings.split(tf.reshape(data, [1]), sep="MPF\x00", maxsplit=1).flat_values
+    before = tf.strings.substr(parts[0], tf.maximum(tf.strings.length(parts[0]) - 4, 0), 2)
+    found = (tf.size(parts) > 1) & tf.equal(before, b"\xff\xe2")
+    tiff = tf.strings.substr(tf.strings.join([parts[-1], tf.constant(b"\x00" * window)]), 0, window)
+    b = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int64)
+    little = tf.equal(b[0], 0x49)
+
+    def u16(i):
+        i = tf.clip_by_value(i, 0, window - 2)
+        lo, hi = tf.gather(b, i), tf.gather(b, i + 1)
+        return tf.where(little, lo + 256 * hi, 256 * lo + hi)
+
+    def u32(i):
+        return tf.where(little, u16(i) + 65536 * u16(i + 2), 65536 * u16(i) + u16(i + 2))
+
+    ifd = u32(tf.constant(4, tf.int64))
+    count = tf.minimum(u16(ifd), (window - 2 - ifd) // 12)
+    entries = ifd + 2 + 12 * tf.range(tf.maximum(count, 0))
+    hits = tf.where(tf.equal(u16(entries), 0xB001))[:, 0]
+    images = tf.cond(tf.size(hits) > 0, lambda: u32(tf.gather(entries, hits[0]) + 8),
+                     lambda: tf.constant(0, tf.int64))
+    ultra_hdr = tf.size(tf.strings.split(tf.reshape(data, [1]), sep=' hdrgm:Version="', maxsplit=1).flat_values) > 1
+    return found & tf.equal(u16(tf.constant(2, tf.int64)), 42) & (images > 1) & ~ultra_hdr
+
+
+def _decode_jpeg_draft(data: tf.Tensor, size: int) -> tf.Tensor:
+    """A JPEG (scalar tf.string) → uint8 (h, w, 3), decoded as :func:`extract.decode.load_rgb` does.
+
+    ``load_rgb`` asks for ``draft("RGB", (size, size))``: libjpeg's scaled IDCT at 1/2, 1/4 or 1/8
+    (:func:`_jpeg_draft_index`), giving ``ceil(width / ratio)`` × ``ceil(height / ratio)`` pixels.
+    ``ratio`` is a static attribute of DecodeJpeg, hence one branch per scale.
+    """
+    branches = [
+        (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE"))
+        for r in _DRAFT_RATIOS
+    ]
+    return tf.switch_case(_jpeg_draft_index(data, size), branches)
+
+
 def decode_image_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
     """One encoded image (scalar tf.string) → uint8 (size, size, 3), in TensorFlow ops.
 
     Mirrors :func:`extract.decode.load_array` (Pillow): JPEGs are decoded with the accurate
-    integer DCT as Pillow does and turned by their EXIF orientation; grayscale becomes RGB;
+    integer DCT and the DCT scaling of Pillow's ``draft`` (:func:`_decode_jpeg_draft`) and turned
+    by their EXIF orientation; grayscale becomes RGB;
     alpha is composited on white; then an antialiased bilinear resize (Pillow's bilinear filter
     also widens with the downscale factor) in two passes, each rounded to uint8 as in Pillow.
     Pillow's fixed-point filter weights still make a few pixels differ by one grey level
@@ -259,7 +323,7 @@ def decode_image_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
     is_jpeg = tf.io.is_jpeg(data)
     img = tf.cond(
         is_jpeg,
-        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: _decode_jpeg_draft(data, size),
         lambda: tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False),
     )
     img = tf.cond(is_jpeg, lambda: _apply_orientation(img, _exif_orientation(data)), lambda: img)
