@@ -17,7 +17,10 @@ import dataclasses
 import hashlib
 import importlib
 import os
+import shutil
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -363,11 +366,106 @@ def build_backbone(spec: BackboneSpec, size: int, pooling: str, weights: str, se
     finally:
         keras.config.set_dtype_policy(previous_policy)
     if file_weights:
-        net.load_weights(str(Path(weights).expanduser()))
+        _load_weights_file(net, spec, weights, size)
     net.trainable = False
     inputs = keras.Input((size, size, 3), name="image")
     outputs = keras.ops.cast(net(preprocess(inputs), training=False), "float32")
     return keras.Model(inputs, outputs, name=f"{spec.name}_{size}_{pooling}")
+
+
+class WeightsFileError(ValueError):
+    """A ``WEIGHTS=<file>`` Keras cannot load into the backbone: not a Keras weights file, or another network's."""
+
+
+def _keras_reader(name: str) -> str | None:
+    """The reader Keras 3's ``load_weights`` picks for a file of this name (it never looks inside first)."""
+    if name.endswith(".keras"):
+        return ".keras"
+    if name.endswith((".weights.h5", ".weights.json")):  # .json: an index of sharded .h5 files
+        return name[name.rindex(".weights."):]
+    if name.endswith((".h5", ".hdf5")):
+        return ".h5"  # the legacy Keras 2 format, also keras.applications' ImageNet downloads
+    return None
+
+
+def _fix_hint(spec: BackboneSpec, size: int | None) -> str:
+    ctor = f"{spec.constructor}(include_top=False)"
+    if spec.file_weights_graph_differs:
+        return (f"pass weights saved from {ctor} (Keras's ImageNet file {spec.weights_file_for(size)} goes in "
+                f"{KERAS_MODELS_DIR}/, with WEIGHTS=imagenet)")
+    return (f"pass the headless weights file of {spec.name} ({spec.weights_file_for(size)}, or one saved "
+            f"from {ctor})")
+
+
+def _weights_format(path: Path, weights: str, spec: BackboneSpec, size: int | None) -> str:
+    """The file name suffix Keras needs to read ``path``, found from its content (``OSError``: not HDF5,
+    :class:`WeightsFileError`: HDF5 without Keras weights)."""
+    import h5py  # noqa: PLC0415
+
+    if zipfile.is_zipfile(path):
+        return ".keras"
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                return ".h5"
+            if "layers" in f or "vars" in f:
+                return ".weights.h5"
+    except OSError as err:  # an OSError still, as h5py's was: callers and extract workers treat it as before
+        raise OSError(f"WEIGHTS={weights} is not a Keras weights file (not HDF5: {str(err).splitlines()[0]}); "
+                      f"{_fix_hint(spec, size)}") from None
+    raise WeightsFileError(f"WEIGHTS={weights} is an HDF5 file without Keras weights (a feature cache?); "
+                           f"{_fix_hint(spec, size)}")
+
+
+@contextlib.contextmanager
+def _named_for_keras(path: Path, suffix: str) -> Iterator[Path]:
+    """``path`` under a name Keras reads as ``suffix``: itself, or a link to it in a temporary folder."""
+    if _keras_reader(path.name) == suffix:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="headswap-weights-") as tmp:
+        link = Path(tmp) / f"weights{suffix}"
+        try:
+            link.symlink_to(path.resolve())
+        except OSError:  # no symlinks on this file system
+            shutil.copyfile(path, link)
+        yield link
+
+
+def _short(err: BaseException, limit: int = 240) -> str:
+    """The gist of a Keras loading error, whose message can list every layer (kilobytes)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    gist = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+    return gist if len(gist) <= limit else gist[:limit - 1] + "…"
+
+
+def _load_weights_file(net, spec: BackboneSpec, weights: str, size: int | None) -> None:
+    """``net.load_weights(weights)``, whatever the file's name, failing with one line that says what to pass.
+
+    Keras 3 picks the reader by the name alone, so a ``save_weights`` file renamed to ``x.h5`` failed with
+    "found 0 saved layers" (and Keras's ImageNet file renamed to ``x.weights.h5`` the other way round): the
+    format is read from the content instead. Another network's file made Keras warn once per layer and then
+    list every layer in its error; warnings saying it skipped layers mean the features would be wrong too.
+    """
+    path = Path(weights).expanduser()
+    sharded = _keras_reader(path.name) == ".weights.json"
+    suffix = ".weights.json" if sharded else _weights_format(path, weights, spec, size)
+
+    def refused(reason: str) -> WeightsFileError:
+        return WeightsFileError(f"WEIGHTS={weights} does not hold {spec.name} weights ({reason}); "
+                                f"{_fix_hint(spec, size)}")
+
+    with _named_for_keras(path, suffix) as readable, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            net.load_weights(str(readable))
+        except Exception as err:  # noqa: BLE001  (Keras raises ValueError, KeyError, TypeError... for a wrong file)
+            raise refused(_short(err)) from None
+    skipped = [w for w in caught if issubclass(w.category, UserWarning) and str(w.message).startswith("Skipping")]
+    if skipped:
+        raise refused(f"Keras left {len(skipped)} parts unloaded, e.g. {_short(skipped[0].message)}")
+    for w in caught:  # anything else is not ours to hide
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 @contextlib.contextmanager

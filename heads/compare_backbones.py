@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from extract.backbones import get_backbone, weights_identity
+from extract import backbones as _backbones
+from extract.backbones import BackboneSpec, WeightsUnavailableError, get_backbone, weights_identity
 from extract.cache import DEFAULT_DIR, FeatureCache, parts_dir
 
 from .registry import create_head
@@ -53,8 +54,32 @@ def _validate(backbones: Sequence[str], head: str, head_args: dict[str, Any], ex
         raise ValueError(f"WEIGHTS={weights} is one backbone's weights file; compare-backbones takes "
                          f"WEIGHTS=imagenet or WEIGHTS=none")
     if weights == "imagenet":  # name every missing weights file now, not after an hour of extraction
-        for spec in specs:
-            weights_identity(spec, "imagenet", size if size is not None else spec.default_size)
+        _check_imagenet_weights(specs, size)
+
+
+def _check_imagenet_weights(specs: Sequence[BackboneSpec], size: int | None) -> None:
+    """One error naming every backbone's missing ImageNet file, with a fix that compare-backbones accepts
+    (the single-backbone error suggests WEIGHTS=<path>, which it refuses for several backbones)."""
+    missing = []
+    for spec in specs:
+        spec_size = size if size is not None else spec.default_size
+        try:
+            weights_identity(spec, "imagenet", spec_size)
+        except WeightsUnavailableError as err:
+            missing.append((spec, spec_size, err))
+    if not missing:
+        return
+    err = missing[0][2]
+    if len(specs) == 1:  # its own error's WEIGHTS=<path> hint is valid for one backbone
+        raise err
+    why = f"{type(err.__cause__).__name__}: {err.__cause__}" if err.__cause__ else str(err).splitlines()[0]
+    files = "\n".join(f"  {spec.name}: {spec.weights_file_for(s)} ({spec.weights_url(s)})" for spec, s, _ in missing)
+    raise WeightsUnavailableError(
+        f"cannot get the ImageNet weights of {len(missing)} of {len(specs)} backbones ({why}):\n{files}\n"
+        f"No network to download them? Download these files elsewhere and put them in "
+        f"{_backbones.KERAS_MODELS_DIR}/, or pass WEIGHTS=none to compare the backbones' speed and size only "
+        f"(random weights: accuracies are then not meaningful)."
+    ) from err
 
 
 def compare_backbones(
