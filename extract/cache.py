@@ -35,6 +35,7 @@ MAX_PART_BYTES = 256 << 20  # a part (and an assembly block) stays below this, w
 READ_GAP_BYTES = 256 << 10  # reading past this many unwanted bytes costs about as much as h5py's per-row selection
 READ_SLAB_BYTES = 64 << 20  # the most one read holds (features of wanted and skipped rows)
 SPLITS = ("train", "val", "test")
+INPUT_ATTRS = ("labels_csv", "test_root", "id_col", "label_col")  # the fields of Inputs, one root attribute each
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -53,6 +54,28 @@ def base_key(config: dict[str, Any]) -> str:
     in ROUNDS share their rows, so raising ROUNDS extracts only the new rounds."""
     aug = {k: v for k, v in config.get("augmentation", {}).items() if k != "rounds"}
     return config_key({**config, "augmentation": aug})
+
+
+def config_differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """``'pooling: avg in the file, max asked'`` per setting in which two configs differ, ROUNDS aside (as
+    :func:`base_key`) and the augmentation's seed (it is SEED). A nested setting (backbone, weights) whose
+    ``name`` or ``kind`` differs is one entry."""
+
+    def shown(v: Any) -> str:
+        text = v if isinstance(v, str) else "(none)" if v is None else _canonical(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def walk(a: Any, b: Any, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for tag in ("name", "kind"):
+                if tag in a and tag in b and a[tag] != b[tag]:
+                    return [f"{key}: {shown(a[tag])} in the file, {shown(b[tag])} asked"]
+            return [d for k in sorted(set(a) | set(b)) if not (key == "augmentation" and k in ("rounds", "seed"))
+                    for d in walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)]
+        same = _canonical(a) == _canonical(b)  # as JSON: a tuple asked equals the list read back
+        return [] if same else [f"{key}: {shown(a)} in the file, {shown(b)} asked"]
+
+    return walk(recorded, asked, "")
 
 
 def find_sibling(path: Path, config: dict[str, Any]) -> Path | None:
@@ -86,6 +109,17 @@ class Batch:
     stamp: list[str] = field(default_factory=list)  # "size:mtime_ns" of the source file, per row
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a cache was extracted from besides DATA: the LABELS csv and TEST folder (absolute) and the csv's id and
+    label columns as used (given or discovery's defaults). None where the run had none."""
+
+    labels_csv: Path | None = None
+    test_root: Path | None = None
+    id_col: str | None = None
+    label_col: str | None = None
+
+
 class CacheWriter(Protocol):
     def write(self, batch: Batch) -> None: ...
     def skip(self, path: str, reason: str) -> None: ...
@@ -113,6 +147,7 @@ class HDF5Writer:
         versions: dict[str, str] | None = None,
         images_per_second: float | None = None,
         max_pixels: int | None = None,
+        inputs: Inputs | None = None,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +163,10 @@ class HDF5Writer:
         f.attrs["dataset_fingerprint"] = fingerprint
         f.attrs["dataset_name"] = dataset_name
         f.attrs["data_root"] = data_root
+        inputs = inputs or Inputs()
+        for name in INPUT_ATTRS:  # "" = not used; absent (files written before they were recorded) = unknown
+            value = getattr(inputs, name)
+            f.attrs[name] = "" if value is None else str(value)
         if images_per_second is not None:
             f.attrs["images_per_second"] = float(images_per_second)
         if max_pixels is not None:  # the MAX_PIXELS images were decoded under: a larger one retries its skips
@@ -526,6 +565,37 @@ class FeatureCache:
         return Path(root) if root else None
 
     @property
+    def inputs(self) -> Inputs | None:
+        """LABELS, TEST, ID_COL and LABEL_COL of the extraction; None in a file written before they were recorded."""
+        attrs = self._f.attrs
+        if not all(name in attrs for name in INPUT_ATTRS):
+            return None
+        values = {name: str(attrs[name]) or None for name in INPUT_ATTRS}
+        return Inputs(
+            labels_csv=Path(values["labels_csv"]) if values["labels_csv"] else None,
+            test_root=Path(values["test_root"]) if values["test_root"] else None,
+            id_col=values["id_col"], label_col=values["label_col"],
+        )
+
+    @property
+    def labels_csv(self) -> Path | None:
+        """Absolute LABELS= csv the cache was extracted with (None: none, or not recorded; may no longer exist)."""
+        return self.inputs.labels_csv if self.inputs else None
+
+    @property
+    def test_root(self) -> Path | None:
+        """Absolute TEST= folder of the unlabelled ``test/`` rows (None: none, or not recorded)."""
+        return self.inputs.test_root if self.inputs else None
+
+    @property
+    def id_col(self) -> str | None:
+        return self.inputs.id_col if self.inputs else None
+
+    @property
+    def label_col(self) -> str | None:
+        return self.inputs.label_col if self.inputs else None
+
+    @property
     def n_rows(self) -> int:
         return int(self._f["features"].shape[0])
 
@@ -595,6 +665,7 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def newest_complete(cache_dir: str | os.PathLike = DEFAULT_DIR) -> Path:
+    """The complete cache in ``cache_dir`` modified last (an up-to-date ``make extract`` touches its cache)."""
     candidates = sorted(Path(cache_dir).glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True)
     for p in candidates:
         try:

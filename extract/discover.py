@@ -60,6 +60,7 @@ class Discovery:
     items: list[Item]
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    columns: tuple[str, str] | None = None  # the LABELS csv's (id, label) columns as used: given or defaults
 
     def fingerprint(self) -> str:
         """Hash of what would go into the cache: paths, labels, splits, file sizes and mtimes."""
@@ -296,7 +297,7 @@ def _found_below(files: list[str], missing: list[str]) -> tuple[str, int] | None
 
 def _csv_items(
     root: Path, labels_csv: Path, id_col: str | None, label_col: str | None
-) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str]]:
+) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str], tuple[str, str]]:
     if not labels_csv.is_file():
         raise DataError(f"LABELS={labels_csv} does not exist.")
     notes = []
@@ -388,7 +389,7 @@ def _csv_items(
     skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra] + tree.skips()
     if extra:
         notes.append(f"{len(extra)} files in DATA are not in {labels_csv.name} (listed as skipped), e.g. {extra[0]}")
-    return rows, skipped, classes, notes
+    return rows, skipped, classes, notes, (id_col, label_col)
 
 
 def _nested_classes(rels: list[str]) -> dict[str, list[str]]:
@@ -463,8 +464,9 @@ def discover(
     labelled_test: list[tuple[str, str, int]] = []
     nested: dict[str, list[str]] = {}  # class folders that look one level too deep
     empty: list[str] = []  # class folders with no files
+    columns = None
     if labels is not None:
-        rows, skipped, classes, notes = _csv_items(data, Path(labels).expanduser(), id_col, label_col)
+        rows, skipped, classes, notes, columns = _csv_items(data, Path(labels).expanduser(), id_col, label_col)
         name = data.resolve().parent.name if data.name in ("train", "images") else data.resolve().name
     elif train_test:
         rows, skipped, classes, empty = _class_folder_items(data / "train", None, prefix="train/")
@@ -521,4 +523,4 @@ def discover(
                   for rel in test_tree.files]
         skipped += test_tree.skips("test/")
     return Discovery(name=name, root=str(data.resolve()), class_names=classes, items=items, skipped=skipped,
-                     notes=notes)
+                     notes=notes, columns=columns)

@@ -347,13 +347,15 @@ def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
 
 
 def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Plan:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, inputs: cache_mod.Inputs | None = None) -> Plan:
     """Decide between up to date, resume, incremental update and a fresh run; refuse a clash.
 
     Rows are reused from ``path`` when it holds the same config (ROUNDS aside) or, when ``path``
     does not exist yet, from a complete sibling cache that differs only in ROUNDS. A cache of another
     folder (a data set of the same name elsewhere) is never updated into this one. Images skipped for
-    their size are retried when ``max_pixels`` is above the limit they were skipped under.
+    their size are retried when ``max_pixels`` is above the limit they were skipped under. With ``inputs``
+    (this run's LABELS, TEST, ID_COL, LABEL_COL), a cache made with other ones is not updated when its rows
+    would change (:func:`_changed_inputs`); the same rows under moved paths rewrite the cache to record them.
     """
     key, base = cache_mod.config_key(config), cache_mod.base_key(config)
     rounds = wanted_rounds(found, config)
@@ -368,9 +370,10 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
             raise cache_mod.CacheError(f"{err}\nPass OVERWRITE=1 to replace it.") from None
         with c:
             if cache_mod.base_key(c.config) != base:
+                differ = "; ".join(cache_mod.config_differences(c.config, config)) or "the config hash differs"
                 raise cache_mod.CacheError(
-                    f"OUT={path} holds features of another config (backbone, size, pooling, weights, dtype, "
-                    f"precision, augmentation, seed or val differ). Choose another OUT= or pass OVERWRITE=1."
+                    f"OUT={path} holds features of another config ({differ}). Choose another OUT= or pass "
+                    f"OVERWRITE=1."
                 )
             same_data = c.fingerprint == fingerprint
             if not same_data and c.data_root is not None and c.data_root != Path(found.root):
@@ -379,13 +382,21 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
                     f"the same name?). Pass OUT=<another file.h5> to keep both caches, or OVERWRITE=1 to "
                     f"replace it.")
             skipped_before = c.skipped()
+            have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+            if inputs is not None and not same_data:
+                refusal = _changed_inputs(c, inputs, _row_changes(have, skipped_before, found))
+                if refusal:
+                    raise cache_mod.CacheError(f"{source} {refusal}")
+            new_paths = inputs is not None and c.inputs is not None and c.inputs != inputs
             too_big = [p for p, reason in skipped_before if reason.startswith("too many pixels")]
             retry_big = too_big and max_pixels > int(c.attrs.get("max_pixels", DEFAULT_MAX_PIXELS))
-            if c.complete and same_data and c.attrs.get("config_key") == key and not retry_big:
+            if c.complete and same_data and c.attrs.get("config_key") == key and not retry_big and not new_paths:
                 return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(skipped_before):,} skipped); "
                                       f"nothing to do", up_to_date=True)
             old_k = c.config["augmentation"].get("rounds", 0)
-            have = dict(zip(zip(c.column("path"), c.column("round").tolist()), c.column("stamp")))
+            if new_paths and same_data:
+                messages.append(f"same images, other paths ({_describe_inputs(c.inputs)} → "
+                                f"{_describe_inputs(inputs)}): rewriting {source.name} to record them")
         old = source
         if source != path:
             messages.append(f"reusing the rows of {source.name} (same config with ROUNDS={old_k})")
@@ -395,11 +406,7 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
             messages.append(f"MAX_PIXELS={max_pixels:,} is above the limit {len(too_big):,} images were skipped under: "
                             f"retrying them")
         if not same_data:
-            current = {it.relpath: it.stamp for it in found.items}
-            given = set(current) | {s.relpath for s in found.skipped}
-            old_paths = {p for p, _ in have} | {p for p, _ in skipped_before}
-            added, removed = len(given - old_paths), len(old_paths - given)
-            modified = sum(p in old_paths and (p, 0) in have and have[(p, 0)] != st for p, st in current.items())
+            added, removed, modified = _row_changes(have, skipped_before, found)
             messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
                             f"{modified:,} modified" + ("" if added or removed or modified else
                                                        " (labels or splits changed: the rows are relabelled)"))
@@ -415,6 +422,101 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
     if parts.is_dir():
         messages.append(f"resuming: {len(views) - len(todo):,} of {len(views):,} done")
     return Plan(todo, old, "\n".join(messages))
+
+
+def _row_changes(have: dict[tuple[str, int], str], skipped_before: list[tuple[str, str]],
+                 found: Discovery) -> tuple[int, int, int]:
+    """Images (added, removed, modified) between a cache's rows and skips and what discovery found now."""
+    current = {it.relpath: it.stamp for it in found.items}
+    given = set(current) | {s.relpath for s in found.skipped}
+    old_paths = {p for p, _ in have} | {p for p, _ in skipped_before}
+    modified = sum(p in old_paths and (p, 0) in have and have[(p, 0)] != st for p, st in current.items())
+    return len(given - old_paths), len(old_paths - given), modified
+
+
+def _describe_inputs(inputs: cache_mod.Inputs) -> str:
+    return " ".join(f"{var}={value}" for var, value in zip(INPUT_VARS, _input_values(inputs)) if value is not None) \
+        or "no LABELS= or TEST="
+
+
+def _input_values(inputs: cache_mod.Inputs) -> tuple[Any, ...]:
+    return inputs.labels_csv, inputs.test_root, inputs.id_col, inputs.label_col
+
+
+INPUT_VARS = ("LABELS", "TEST", "ID_COL", "LABEL_COL")
+
+
+def _changed_inputs(c: cache_mod.FeatureCache, inputs: cache_mod.Inputs, changes: tuple[int, int, int]) -> str | None:
+    """Why a cache made with other LABELS/TEST/ID_COL/LABEL_COL than ``inputs`` must not be updated, or None.
+
+    Called when the rows would change: a forgotten TEST= would drop the test rows and a forgotten or other
+    LABELS= (or column) would relabel or drop rows, so the rows of the earlier inputs are never replaced silently.
+    Adding a TEST= folder to a cache made without one only adds rows. A file written before the inputs were
+    recorded tells only by its unlabelled test rows that it had a TEST= folder.
+    """
+    added, removed, modified = changes
+    counts = f"{added:,} added, {removed:,} removed, {modified:,} modified"
+    fix = ("; or, to make a cache of this run's inputs instead, choose another OUT= (keeps both) or pass "
+           "OVERWRITE=1 (replaces it and extracts every image again).")
+    recorded = c.inputs
+    if recorded is None:
+        n_test = int(((c.column("split") == "test") & (c.column("label") < 0)).sum())
+        if n_test and inputs.test_root is None:
+            return (f"holds {n_test:,} unlabelled test rows (a TEST= folder; this older cache does not record "
+                    f"which), but this run has no TEST=: updating it would drop them ({counts}). Pass the same "
+                    f"TEST= again" + fix)
+        return None
+    differ = []
+    for var, was, now in zip(INPUT_VARS, _input_values(recorded), _input_values(inputs)):
+        if was == now or (var == "TEST" and was is None):
+            continue
+        differ.append((var, was, now))
+    if not differ:
+        return None
+    said = "; ".join(f"{var}={was}, " + (f"this run has {var}={now}" if now is not None else f"this run has no {var}=")
+                     if was is not None else f"no {var}=, this run has {var}={now}" for var, was, now in differ)
+    again = " ".join(f"{var}={was}" for var, was, _ in differ if was is not None)
+    unset = " ".join(f"{var}=" for var, was, _ in differ if was is None)
+    todo = " and ".join(([f"pass {again} again"] if again else []) + ([f"leave {unset} unset"] if unset else []))
+    return (f"was extracted with other inputs ({said}): updating it would change its rows ({counts}). To update "
+            f"it, {todo}" + fix)
+
+
+def run_inputs(found: Discovery, labels: str | os.PathLike | None,
+               test: str | os.PathLike | None) -> cache_mod.Inputs:
+    """This run's LABELS/TEST (absolute) and csv columns (as discovery used them), as a cache records them."""
+    test_root = Path(test).expanduser().resolve() if test is not None else None
+    if labels is None:
+        return cache_mod.Inputs(test_root=test_root)
+    id_col, label_col = found.columns
+    return cache_mod.Inputs(Path(labels).expanduser().resolve(), test_root, id_col, label_col)
+
+
+FEW_CLASSES = 10  # up to this many classes the start of a run lists each one's images per split
+
+
+def class_summary(found: Discovery, val: float) -> str:
+    """What discovery found, said at the start of a run: the classes and their images per split (a compact
+    summary for many classes), so a DATA= one level too high (classes 'charts' and 'charts_v2') shows at once."""
+    counts = Counter((it.label, it.split) for it in found.items)
+    names = found.class_names
+    n_unlabelled = sum(it.label < 0 for it in found.items)
+    head = f"found {len(found.items):,} images in {len(names)} classes"
+    if len(names) <= FEW_CLASSES:
+        text = f"{head} (images train/val/test): " + ", ".join(
+            f"{name} {counts[(i, 'train')]}/{counts[(i, 'val')]}/{counts[(i, 'test')]}" for i, name in enumerate(names))
+    else:
+        train = [counts[(i, "train")] for i in range(len(names))]
+        small, large = int(np.argmin(train)), int(np.argmax(train))
+        text = (f"{head}: {', '.join(names[:6])}, ... {names[-1]}; training images per class: "
+                f"{train[small]:,} ({names[small]}) to {train[large]:,} ({names[large]})")
+        no_val = [name for i, name in enumerate(names) if not counts[(i, "val")]]
+        if val > 0 and no_val:
+            text += (f"; {len(no_val)} class{'es have' if len(no_val) > 1 else ' has'} no val image: "
+                     + ", ".join(no_val[:5]) + (", ..." if len(no_val) > 5 else ""))
+    if n_unlabelled:
+        text += f"; {n_unlabelled:,} unlabelled test images (TEST=)"
+    return text
 
 
 def extract_features(
@@ -472,10 +574,13 @@ def extract_features(
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
         log(f"note: {note}")
+    log(class_summary(found, val))
+    inputs = run_inputs(found, labels, test)
     config = make_config(backbone=backbone, size=size, pooling=pooling, weights=weights, dtype=dtype,
                          precision=precision, seed=seed, val=val, augment=augment, rounds=rounds)
     batch_size = int(batch_size) if batch_size is not None else default_batch_size(config["size"])
-    path = Path(out) if out is not None else cache_mod.default_path(found.name, config, cache_dir)
+    path = (Path(out).expanduser() if out is not None
+            else cache_mod.default_path(found.name, config, Path(cache_dir).expanduser()))
     fingerprint = found.fingerprint()
     check_out(path, Path(found.root))
     with cache_mod.CacheLock(path) as lock:
@@ -484,10 +589,14 @@ def extract_features(
         if overwrite:
             path.unlink(missing_ok=True)
             shutil.rmtree(cache_mod.parts_dir(path), ignore_errors=True)
-        plan = plan_extraction(path, config, found, fingerprint, max_pixels)
+        plan = plan_extraction(path, config, found, fingerprint, max_pixels, inputs)
         if plan.message:
             log(plan.message)
         if plan.up_to_date:
+            # The cache just confirmed is the one a following `make train-head` without FEATURES= picks (newest);
+            # a file we may not touch (another owner's) stays usable as it is.
+            with contextlib.suppress(OSError):
+                os.utime(path)
             with cache_mod.FeatureCache(path) as c:
                 return ExtractResult(path, c.n_rows, len(c.skipped()), 0.0, up_to_date=True)
         if config["weights"]["kind"] == "none":
@@ -495,6 +604,13 @@ def extract_features(
         start = time.perf_counter()
         pool, strategy, model, kept_shape = None, None, None, None
         n_workers = (int(workers) if workers is not None else default_workers(devices)) if plan.views else 0
+        n_batches = -(-len(plan.views) // batch_size)
+        if n_workers > n_batches:  # a worker without a batch would only load TensorFlow and a backbone
+            asked = f"WORKERS={n_workers}" if workers is not None else f"{n_workers} GPUs (one worker each)"
+            log(f"{asked}: only {len(plan.views):,} image{'s' if len(plan.views) > 1 else ''} to extract, "
+                f"{n_batches} batch{'es' if n_batches > 1 else ''} of BATCH={batch_size}; "
+                + ("running it in this process" if n_batches == 1 else f"running {n_batches} workers"))
+            n_workers = n_batches
         if n_workers > 1:
             pool = WorkerPool(n_workers, config, batch_size, max_pixels, log)
         elif plan.views:
@@ -522,19 +638,16 @@ def extract_features(
             wanted_rounds=wanted_rounds(found, config), skipped=[(s.relpath, s.reason) for s in found.skipped],
             old=plan.old, config=config, class_names=found.class_names, fingerprint=fingerprint,
             feature_shape=feature_shape, dtype=dtype, dataset_name=found.name, data_root=found.root,
-            versions=_versions(), images_per_second=recorded_rate, max_pixels=max_pixels,
+            versions=_versions(), images_per_second=recorded_rate, max_pixels=max_pixels, inputs=inputs,
         )
         seconds = time.perf_counter() - start
     with cache_mod.FeatureCache(path) as c:
-        all_skips = [r for _, r in c.skipped()]
+        skipped_files = c.skipped()
+        all_skips = [r for _, r in skipped_files]
         trained = set(c.column("label")[c.column("split") == "train"].tolist())
-    unusable = [name for i, name in enumerate(found.class_names) if i not in trained]
+    unusable = [i for i in range(len(found.class_names)) if i not in trained]
     if unusable:  # discovery found images of the class, but decoding skipped them (or they went to val)
-        has = "1 class has" if len(unusable) == 1 else f"{len(unusable)} classes have"
-        log(f"WARNING: {has} no training row (images skipped, or all in val): {', '.join(unusable[:5])}"
-            + (", ..." if len(unusable) > 5 else "") + "; heads cannot learn "
-            + ("it" if len(unusable) == 1 else "them") + ". Fix those images (`make verify` lists why) or "
-            "remove the folder, then rerun.")
+        log(_untrained_warning(found, unusable, skipped_files, labels))
     n_given = len(found.items) + len(found.skipped)
     if all_skips:
         log(f"{len(all_skips):,} of {n_given:,} images skipped ({_summarise_skips(all_skips)}); "
@@ -548,6 +661,25 @@ def extract_features(
     log(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
     return ExtractResult(path, rows, len(all_skips), seconds,
                          worker_peak_rss_mb=tuple(pool.peak_rss_mb) if pool is not None else ())
+
+
+def _untrained_warning(found: Discovery, unusable: list[int], skipped_files: list[tuple[str, str]],
+                       labels: str | os.PathLike | None) -> str:
+    """The WARNING for classes with no training row, naming their skipped files and the fix for the layout."""
+    names = [found.class_names[i] for i in unusable]
+    label_of, wanted = {it.relpath: it.label for it in found.items}, set(unusable)
+    own = [(p, r) for p, r in skipped_files if label_of.get(p) in wanted]
+    has = "1 class has" if len(names) == 1 else f"{len(names)} classes have"
+    them = "it" if len(names) == 1 else "them"
+    files = (" Skipped: " + "; ".join(f"{p} ({r})" for p, r in own[:3])
+             + (f"; and {len(own) - 3:,} more" if len(own) > 3 else "") + ".") if own else ""
+    if labels is not None:
+        fix = f"Fix those images or remove their rows from {Path(labels).name}"
+    else:
+        fix = "Fix those images or remove the class folder" + ("s" if len(names) > 1 else "")
+    return (f"WARNING: {has} no training row (images skipped, or all in val): {', '.join(names[:5])}"
+            + (", ..." if len(names) > 5 else "") + f"; heads cannot learn {them}.{files} {fix}, then rerun "
+            f"(`make verify` lists every skipped file and why).")
 
 
 def check_out(path: Path, data_root: Path) -> None:

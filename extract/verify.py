@@ -19,6 +19,10 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
                  label_col: str | None = None) -> dict[str, Any]:
     """Check schema, completeness, row counts, NaN/inf and (if DATA is there) the fingerprint.
 
+    ``data``, ``labels``, ``test``, ``id_col`` and ``label_col`` default to the ones the cache recorded (a cache
+    written before LABELS/TEST were recorded has only DATA): a recorded csv or folder that is gone leaves the
+    fingerprint unchecked, as a missing DATA does.
+
     Returns a report dict; ``report["ok"]`` is False when anything is wrong, with ``problems`` saying what.
     ``skipped_files`` lists every skipped file with its reason and ``rows_per_class`` the rows of each class
     per split. ``warnings`` (e.g. a class with no training row) do not make the report fail: such a cache is
@@ -63,8 +67,11 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
                             + (": DTYPE=float16 may have rounded tiny features to 0 (DTYPE=float32 keeps them)"
                                if config["dtype"] == "float16" else "") + "; check WEIGHTS=")
         data = Path(data).expanduser() if data else root
+        labels, test, id_col, label_col, gone = _inputs(c, labels, test, id_col, label_col)
         found = None
-        if data is not None and data.is_dir():
+        if gone:
+            report["fingerprint"] = f"{' and '.join(gone)} (recorded) not available; not checked"
+        elif data is not None and data.is_dir():
             from .discover import discover  # noqa: PLC0415
 
             found = discover(data, labels=labels, test=test, val=config["val"], seed=config["seed"], id_col=id_col,
@@ -84,6 +91,26 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
     report["warnings"] = warnings
     report["problems"] = problems
     return report
+
+
+def _inputs(c: FeatureCache, labels: str | Path | None, test: str | Path | None, id_col: str | None,
+            label_col: str | None) -> tuple[Path | None, Path | None, str | None, str | None, list[str]]:
+    """LABELS, TEST, ID_COL, LABEL_COL: as given, else as recorded; and the recorded files that are gone."""
+    rec = c.inputs
+    gone = []
+    if labels:
+        labels = Path(labels).expanduser()
+    elif rec is not None and rec.labels_csv is not None:
+        labels = rec.labels_csv
+        gone += [f"LABELS={labels}"] * (not labels.is_file())
+    if test:
+        test = Path(test).expanduser()
+    elif rec is not None and rec.test_root is not None:
+        test = rec.test_root
+        gone += [f"TEST={test}"] * (not test.is_dir())
+    if rec is not None and labels is not None and labels.resolve() == rec.labels_csv:  # the recorded csv's columns
+        id_col, label_col = id_col or rec.id_col, label_col or rec.label_col
+    return labels or None, test or None, id_col, label_col, gone
 
 
 def _no_training_rows(name: str, label: int, rows: dict[str, int], skipped_files: list[tuple[str, str]],

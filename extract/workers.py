@@ -148,7 +148,9 @@ class WorkerPool:
         """
         n = len(paths)
         n_batches = -(-n // self.batch_size)
-        workers = min(self.workers, n_batches)  # no worker without a batch
+        # No worker without a batch. extract_features already starts at most one worker per batch and says so
+        # (a single batch runs in the calling process); this guards other callers.
+        workers = min(self.workers, n_batches)
         shards = _shards(n, self.batch_size, workers)
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: TensorFlow does not survive fork
         queues = [ctx.Queue(maxsize=2) for _ in range(workers)]

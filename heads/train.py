@@ -112,11 +112,19 @@ def _mtime(stamp: str) -> int | None:
 
 
 def extract_command(cache: FeatureCache) -> str:
-    """The ``make extract`` line with the settings ``cache`` was made with (LABELS/TEST are not recorded)."""
+    """The ``make extract`` line with the settings ``cache`` was made with.
+
+    LABELS, TEST, ID_COL and LABEL_COL come from the cache; a cache written before they were recorded gives
+    none of them (its line may need the LABELS=/TEST= it was made with).
+    """
     c = cache.config
     weights = c.get("weights", {})
     parts = {
         "DATA": str(cache.data_root) if cache.data_root else "<image folder>",
+        "LABELS": cache.labels_csv,
+        "TEST": cache.test_root,
+        "ID_COL": cache.id_col,
+        "LABEL_COL": cache.label_col,
         "BACKBONE": c.get("backbone", {}).get("name"),
         "SIZE": c.get("size"),
         "POOLING": c.get("pooling"),
@@ -467,6 +475,9 @@ def train_head(
     check_threshold(assert_accuracy)
     head = canonical_head(head)
     paths = feature_paths(features, cache_dir)
+    if features is None or features == "":
+        n = len(list(Path(cache_dir).glob("*.h5")))
+        log(f"FEATURES not given: using the newest complete cache {paths[0]} (of {n} in {cache_dir}/)")
     args = dict(head_args or {})
     if "seed" in head_params(head) and "seed" not in args:
         args["seed"] = 0
