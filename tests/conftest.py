@@ -91,3 +91,24 @@ def folder_cache(folder_data, tmp_path_factory) -> Path:
     result = extract_features(folder_data, out=out, size=SIZE, weights="none", dtype="float32",
                               batch_size=8, progress=False, log=lambda m: None)
     return result.path
+
+
+def heads_cli(*args: str):
+    """``python -m heads ARGS`` run in this process: its exit code, stdout and stderr as a CompletedProcess.
+
+    A fresh interpreter per call cost seconds of imports (TensorFlow for predict); the real subprocess path
+    is covered by test_end_to_end and test_assert_accuracy_exit_codes.
+    """
+    import contextlib
+    import io
+    import subprocess
+
+    from heads.__main__ import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return subprocess.CompletedProcess(["python", "-m", "heads", *args], code, out.getvalue(), err.getvalue())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import heads_cli
 from test_heads_train import blobs, write_cache
 
 from extract.cache import CacheError
@@ -20,9 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RARE_CLASSES = ["ant", "bee", "cat", "eel"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "heads", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+_cli = heads_cli
 
 
 def _assert_one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:

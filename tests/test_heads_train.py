@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SIZE
+from conftest import SIZE, heads_cli
 
 from extract import FeatureCache, extract_features
 from extract.cache import Batch, CacheError, HDF5Writer
@@ -172,7 +172,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_assert_accuracy_exit_codes(separable_cache, noise_cache, tmp_path):
-    ok = _cli("train", "--head", "logreg", "--features", str(separable_cache), "--run", str(tmp_path / "ok"),
+    ok = heads_cli("train", "--head", "logreg", "--features", str(separable_cache), "--run", str(tmp_path / "ok"),
               "--assert-accuracy", "0.85")
     assert ok.returncode == 0, ok.stderr
     assert "ASSERT_ACCURACY=0.85 passed" in ok.stderr
@@ -184,13 +184,14 @@ def test_assert_accuracy_exit_codes(separable_cache, noise_cache, tmp_path):
     assert acc < 0.85
     assert f"logreg val accuracy {acc:.4f} < ASSERT_ACCURACY=0.85" in low.stderr
 
-    both = _cli("compare", "--features", str(noise_cache), "--heads", "ridge,knn", "--out", str(tmp_path / "cmp"),
+    both = heads_cli("compare", "--features", str(noise_cache), "--heads", "ridge,knn", "--out", str(tmp_path / "cmp"),
                 "--assert-accuracy", "0.85")
     assert both.returncode == 3, both.stderr
     assert "ridge val accuracy" in both.stderr and "knn val accuracy" in both.stderr
     assert (tmp_path / "cmp" / "compare.md").is_file()
 
-    bad = _cli("train", "--features", str(separable_cache), "--run", str(tmp_path / "bad"), "--assert-accuracy", "85")
+    bad = heads_cli("train", "--features", str(separable_cache), "--run", str(tmp_path / "bad"),
+                    "--assert-accuracy", "85")
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
 
 
