@@ -201,16 +201,15 @@ def _knn(head: Head) -> Callable[[Any], Any]:
 
 
 # -- images → features ----------------------------------------------------------------------
-def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
-    """EXIF orientation tag (1..8) of an encoded JPEG (scalar tf.string); 1 when absent or unreadable.
-
-    Reads IFD0 of the first ``Exif\\0\\0`` APP1 block, little or big endian, within its first 1 KiB.
-    """
+def _tiff_tag(data: tf.Tensor, marker: str, tag: int, long: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """(found, value) of ``tag`` in IFD0 of the TIFF block after the first ``marker`` in an encoded JPEG
+    (scalar tf.string): an EXIF (``Exif\\0\\0``) or MPF (``MPF\\0``) block. Little or big endian, within the
+    block's first 1 KiB; ``long`` reads a 32-bit value, else 16-bit. ``found`` is False (value 0) when the
+    block or the tag is absent or the TIFF header is not valid."""
     window = 1024
-    parts = tf.strings.split(tf.reshape(data, [1]), sep="Exif\x00\x00", maxsplit=1).flat_values
-    found = tf.size(parts) > 1
+    parts = tf.strings.split(tf.reshape(data, [1]), sep=marker, maxsplit=1).flat_values
     tiff = tf.strings.substr(tf.strings.join([parts[-1], tf.constant(b"\x00" * window)]), 0, window)
-    b = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
+    b = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int64)
     little = tf.equal(b[0], 0x49)
 
     def u16(i):
@@ -221,13 +220,21 @@ def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
     def u32(i):
         return tf.where(little, u16(i) + 65536 * u16(i + 2), 65536 * u16(i) + u16(i + 2))
 
-    ifd = u32(tf.constant(4))
+    ifd = u32(tf.constant(4, tf.int64))
     count = tf.minimum(u16(ifd), (window - 2 - ifd) // 12)
     entries = ifd + 2 + 12 * tf.range(tf.maximum(count, 0))
-    hits = tf.where(tf.equal(u16(entries), 0x0112))[:, 0]
-    value = tf.cond(tf.size(hits) > 0, lambda: u16(tf.gather(entries, hits[0]) + 8), lambda: tf.constant(1))
-    ok = found & tf.equal(u16(tf.constant(2)), 42) & (value >= 1) & (value <= 8)
-    return tf.where(ok, value, 1)
+    hits = tf.where(tf.equal(u16(entries), tag))[:, 0]
+    read = u32 if long else u16
+    value = tf.cond(tf.size(hits) > 0, lambda: read(tf.gather(entries, hits[0]) + 8),
+                    lambda: tf.constant(0, tf.int64))
+    found = (tf.size(parts) > 1) & tf.equal(u16(tf.constant(2, tf.int64)), 42) & (tf.size(hits) > 0)
+    return found, tf.where(found, value, 0)
+
+
+def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """EXIF orientation tag (1..8) of an encoded JPEG (scalar tf.string); 1 when absent or unreadable."""
+    found, value = _tiff_tag(data, "Exif\x00\x00", 0x0112)
+    return tf.cast(tf.where(found & (value >= 1) & (value <= 8), value, 1), tf.int32)
 
 
 def _apply_orientation(img: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -266,32 +273,12 @@ def _is_mpo(data: tf.Tensor) -> tf.Tensor:
 
     Pillow does when an APP2 ``MPF\\0`` block's MP index (a TIFF IFD) gives NumberOfImages (tag
     0xB001) above 1, unless an APP1 holds Ultra HDR's `` hdrgm:Version="`` (looked for anywhere here).
-    Reads the IFD of the first MPF block within its first 1 KiB, little or big endian.
     """
-    window = 1024
     parts = tf.strings.split(tf.reshape(data, [1]), sep="MPF\x00", maxsplit=1).flat_values
     before = tf.strings.substr(parts[0], tf.maximum(tf.strings.length(parts[0]) - 4, 0), 2)
-    found = (tf.size(parts) > 1) & tf.equal(before, b"\xff\xe2")
-    tiff = tf.strings.substr(tf.strings.join([parts[-1], tf.constant(b"\x00" * window)]), 0, window)
-    b = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int64)
-    little = tf.equal(b[0], 0x49)
-
-    def u16(i):
-        i = tf.clip_by_value(i, 0, window - 2)
-        lo, hi = tf.gather(b, i), tf.gather(b, i + 1)
-        return tf.where(little, lo + 256 * hi, 256 * lo + hi)
-
-    def u32(i):
-        return tf.where(little, u16(i) + 65536 * u16(i + 2), 65536 * u16(i) + u16(i + 2))
-
-    ifd = u32(tf.constant(4, tf.int64))
-    count = tf.minimum(u16(ifd), (window - 2 - ifd) // 12)
-    entries = ifd + 2 + 12 * tf.range(tf.maximum(count, 0))
-    hits = tf.where(tf.equal(u16(entries), 0xB001))[:, 0]
-    images = tf.cond(tf.size(hits) > 0, lambda: u32(tf.gather(entries, hits[0]) + 8),
-                     lambda: tf.constant(0, tf.int64))
+    found, images = _tiff_tag(data, "MPF\x00", 0xB001, long=True)
     ultra_hdr = tf.size(tf.strings.split(tf.reshape(data, [1]), sep=' hdrgm:Version="', maxsplit=1).flat_values) > 1
-    return found & tf.equal(u16(tf.constant(2, tf.int64)), 42) & (images > 1) & ~ultra_hdr
+    return found & tf.equal(before, b"\xff\xe2") & (images > 1) & ~ultra_hdr
 
 
 def _decode_jpeg_draft(data: tf.Tensor, size: int) -> tf.Tensor:
