@@ -578,24 +578,6 @@ class FeatureCache:
         )
 
     @property
-    def labels_csv(self) -> Path | None:
-        """Absolute LABELS= csv the cache was extracted with (None: none, or not recorded; may no longer exist)."""
-        return self.inputs.labels_csv if self.inputs else None
-
-    @property
-    def test_root(self) -> Path | None:
-        """Absolute TEST= folder of the unlabelled ``test/`` rows (None: none, or not recorded)."""
-        return self.inputs.test_root if self.inputs else None
-
-    @property
-    def id_col(self) -> str | None:
-        return self.inputs.id_col if self.inputs else None
-
-    @property
-    def label_col(self) -> str | None:
-        return self.inputs.label_col if self.inputs else None
-
-    @property
     def n_rows(self) -> int:
         return int(self._f["features"].shape[0])
 

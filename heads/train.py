@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, newest_complete
+from extract.cache import DEFAULT_DIR, CacheError, FeatureCache, Inputs, newest_complete
 
 from .base import BlockSource, Head, RareClassError, index_blocks
 from .registry import canonical_head, create_head, head_params
@@ -117,14 +117,14 @@ def extract_command(cache: FeatureCache) -> str:
     LABELS, TEST, ID_COL and LABEL_COL come from the cache; a cache written before they were recorded gives
     none of them (its line may need the LABELS=/TEST= it was made with).
     """
-    c = cache.config
+    c, inputs = cache.config, cache.inputs or Inputs()
     weights = c.get("weights", {})
     parts = {
         "DATA": str(cache.data_root) if cache.data_root else "<image folder>",
-        "LABELS": cache.labels_csv,
-        "TEST": cache.test_root,
-        "ID_COL": cache.id_col,
-        "LABEL_COL": cache.label_col,
+        "LABELS": inputs.labels_csv,
+        "TEST": inputs.test_root,
+        "ID_COL": inputs.id_col,
+        "LABEL_COL": inputs.label_col,
         "BACKBONE": c.get("backbone", {}).get("name"),
         "SIZE": c.get("size"),
         "POOLING": c.get("pooling"),

@@ -66,9 +66,9 @@ def copy_cache(kaggle: dict, to: Path) -> Path:
 def test_the_cache_records_labels_test_and_the_columns_used(kaggle):
     inputs = kaggle["inputs"]
     with FeatureCache(kaggle["result"].path) as c:
-        assert c.labels_csv == inputs["labels"].resolve() and c.labels_csv.is_absolute()
-        assert c.test_root == inputs["test"].resolve()
-        assert (c.id_col, c.label_col) == ("file_id", "kind")  # as given; discovery's default
+        assert c.inputs.labels_csv == inputs["labels"].resolve() and c.inputs.labels_csv.is_absolute()
+        assert c.inputs.test_root == inputs["test"].resolve()
+        assert (c.inputs.id_col, c.inputs.label_col) == ("file_id", "kind")  # as given; discovery's default
         assert {c.attrs[name] for name in ("labels_csv", "test_root")} == {str(inputs["labels"].resolve()),
                                                                          str(inputs["test"].resolve())}
 
@@ -133,7 +133,7 @@ def test_the_same_rows_under_a_moved_csv_are_recorded_not_refused(kaggle, tmp_pa
     result = extract_features(**{**inputs, "labels": moved}, out=out, log=logs.append, **KW)
     assert any("same images, other paths" in line for line in logs)
     with FeatureCache(out) as c:
-        assert c.labels_csv == moved.resolve() and c.n_rows == result.rows == kaggle["result"].rows
+        assert c.inputs.labels_csv == moved.resolve() and c.n_rows == result.rows == kaggle["result"].rows
 
 
 def test_an_older_cache_without_recorded_inputs_still_works(kaggle, tmp_path):
@@ -146,7 +146,7 @@ def test_an_older_cache_without_recorded_inputs_still_works(kaggle, tmp_path):
             if name in f.attrs:
                 del f.attrs[name]
     with FeatureCache(out) as c:
-        assert c.inputs is None and c.labels_csv is None and c.test_root is None
+        assert c.inputs is None
         assert "LABELS=" not in extract_command(c)
     report = verify_cache(out, labels=inputs["labels"], test=inputs["test"], id_col="file_id")
     assert report["fingerprint"] == "matches DATA" and report["ok"]
