@@ -430,6 +430,16 @@ def replace_previous_run(run_dir: Path) -> list[str]:
     return removed
 
 
+def joined_sizes_note(paths: Sequence[Path], configs: Sequence[dict[str, Any]]) -> str:
+    """What joined caches of different SIZEs allow, said before training rather than found at export; "" if one."""
+    if len({c["size"] for c in configs}) < 2:
+        return ""
+    sizes = ", ".join(f"{p.name} at {c['size']} px" for p, c in zip(paths, configs))
+    return (f"the joined caches were extracted at different sizes ({sizes}): training and `make predict` work, "
+            f"but `make export` builds a model for one image size and will refuse this run. To export, extract "
+            f"them at one SIZE=.")
+
+
 def _predict_timed(model: Head, X: np.ndarray, n_classes: int) -> tuple[np.ndarray, float | None]:
     """``full_proba`` and its milliseconds per row; a warm-up call first (Keras traces its graph once)."""
     if not len(X):
@@ -492,6 +502,10 @@ def train_head(
         n_classes = len(data.class_names)
         log(f"training {head} on {', '.join(p.name for p in paths)}: {len(data.train):,} train rows, "
             f"{len(data.val):,} val rows" + (f", read in blocks of {model.block_rows:,}" if model.streaming else ""))
+
+        note = joined_sizes_note(paths, data.configs)
+        if note:
+            log(f"NOTE: {note}")
 
         untrained = [name for k, name in enumerate(data.class_names) if k not in set(np.unique(data.train.y).tolist())]
         if untrained:

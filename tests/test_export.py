@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -163,6 +164,23 @@ def test_export_of_joined_caches_rounds_through_each_cache_dtype(folder_cache, f
     np.testing.assert_array_equal(feats.astype(np.float16).astype(np.float32), feats)
     ulp = np.spacing(np.abs(X16).astype(np.float16)).astype(np.float32)
     assert (np.abs(feats - X16) <= ulp).all()
+
+
+def test_joined_caches_of_two_sizes_are_told_at_training_that_export_refuses_them(folder_cache, folder_data,
+                                                                                   tmp_path):
+    from extract import extract_features
+
+    other = extract_features(folder_data, out=tmp_path / "s72.h5", size=SIZE + 1, weights="none", batch_size=8,
+                             progress=False, **QUIET).path
+    said = []
+    train_head("ridge", [folder_cache, other], tmp_path / "run", plots=False, log=said.append)
+    note = next(m for m in said if m.startswith("NOTE: the joined caches were extracted at different sizes"))
+    assert f"{folder_cache.name} at {SIZE} px, s72.h5 at {SIZE + 1} px" in note and "extract them at one SIZE" in note
+    with pytest.raises(ValueError, match=re.escape(f"different sizes ([{SIZE}, {SIZE + 1}])")):
+        export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), check=False, **QUIET)
+    said.clear()
+    train_head("ridge", folder_cache, tmp_path / "one", plots=False, log=said.append)
+    assert not [m for m in said if "different sizes" in m]
 
 
 def test_cli_export(folder_cache, tmp_path, capsys):
