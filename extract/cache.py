@@ -78,13 +78,15 @@ def config_differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[
     return walk(recorded, asked, "")
 
 
-def find_sibling(path: Path, config: dict[str, Any]) -> Path | None:
-    """The newest complete cache next to ``path`` whose config differs from ``config`` only in ROUNDS."""
+def find_sibling(path: Path, config: dict[str, Any], data_root: Path) -> Path | None:
+    """The newest complete cache next to ``path`` of the image folder ``data_root`` whose config differs from
+    ``config`` only in ROUNDS (a cache of another folder, even one of the same config, is no sibling)."""
     want, exact = base_key(config), config_key(config)
     for other in sorted(path.parent.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             with FeatureCache(other) as c:
-                if c.complete and c.attrs.get("base_key") == want and c.attrs.get("config_key") != exact:
+                if (c.complete and c.attrs.get("base_key") == want and c.attrs.get("config_key") != exact
+                        and c.data_root == data_root):
                     return other
         except (CacheError, OSError):
             continue

@@ -347,11 +347,13 @@ def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
 
 
 def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, fingerprint: str,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, inputs: cache_mod.Inputs | None = None) -> Plan:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, inputs: cache_mod.Inputs | None = None,
+                    siblings: bool = True) -> Plan:
     """Decide between up to date, resume, incremental update and a fresh run; refuse a clash.
 
     Rows are reused from ``path`` when it holds the same config (ROUNDS aside) or, when ``path``
-    does not exist yet, from a complete sibling cache that differs only in ROUNDS. A cache of another
+    does not exist yet and ``siblings`` (OVERWRITE=1 turns it off), from a complete sibling cache of the
+    same image folder that differs only in ROUNDS. A cache of another
     folder (a data set of the same name elsewhere) is never updated into this one. Images skipped for
     their size are retried when ``max_pixels`` is above the limit they were skipped under. With ``inputs``
     (this run's LABELS, TEST, ID_COL, LABEL_COL), a cache made with other ones is not updated when its rows
@@ -362,7 +364,8 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
     views = [View(it, r) for it in found.items for r in range(rounds[it.relpath])]
     have: dict[tuple[str, int], str] = {}
     old, messages = None, []
-    source = path if path.exists() else cache_mod.find_sibling(path, config)
+    source = path if path.exists() else (cache_mod.find_sibling(path, config, Path(found.root)) if siblings
+                                         else None)
     if source is not None:
         try:
             c = cache_mod.FeatureCache(source, role="OUT")
@@ -589,7 +592,7 @@ def extract_features(
         if overwrite:
             path.unlink(missing_ok=True)
             shutil.rmtree(cache_mod.parts_dir(path), ignore_errors=True)
-        plan = plan_extraction(path, config, found, fingerprint, max_pixels, inputs)
+        plan = plan_extraction(path, config, found, fingerprint, max_pixels, inputs, siblings=not overwrite)
         if plan.message:
             log(plan.message)
         if plan.up_to_date:

@@ -110,6 +110,25 @@ def test_extending_rounds_runs_the_backbone_only_on_the_new_round(tmp_path, monk
     assert_same_cache(two.path, independent.path)
 
 
+def test_a_sibling_with_other_rounds_is_reused_only_for_the_same_folder_and_never_with_overwrite(tmp_path):
+    """An augmented cache of one folder is no sibling for another folder's (it used to be taken, and refused,
+    even with OVERWRITE=1); OVERWRITE=1 extracts afresh rather than copying a sibling's rows."""
+    kw = dict(cache_dir=tmp_path / "fc", size=SIZE, weights="none", augment="epiuse", batch_size=8)
+    extract_features(write_class_folders(tmp_path / "a" / "imgs", per_class=2), rounds=1, **kw, **QUIET)
+    other = write_class_folders(tmp_path / "b" / "pics", per_class=2, seed=5)
+    logs: list[str] = []
+    made = extract_features(other, rounds=2, **kw, log=logs.append)
+    assert not any("reusing the rows of" in m for m in logs)
+    with FeatureCache(made.path) as c:
+        assert c.data_root == other.resolve()
+    logs.clear()
+    extract_features(other, rounds=3, overwrite=True, **kw, log=logs.append)
+    assert not any("reusing the rows of" in m for m in logs)
+    logs.clear()
+    extract_features(other, rounds=1, **kw, log=logs.append)
+    assert any("reusing the rows of" in m for m in logs)  # same folder, no OVERWRITE: reused as before
+
+
 def test_heads_use_all_rounds_or_clean_only(tmp_path):
     from heads import train_head
 
