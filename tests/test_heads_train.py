@@ -313,3 +313,22 @@ def test_features_may_start_with_a_tilde(tmp_path, monkeypatch):
     write_cache(tmp_path / "a.h5", *blobs(20))
     assert train_head("ridge", "~/a.h5", tmp_path / "run", plots=False, **QUIET).metrics["features"] == str(
         tmp_path / "a.h5")
+
+
+def test_top5_accuracy_counts_ties_against_the_true_class():
+    """A class given probability 0 is no top-5 hit wherever it sits in the class order (knn gives most classes 0);
+    without ties the figure is scikit-learn's top_k_accuracy_score."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    from heads.train import evaluate
+
+    zero_first, zero_last = np.array([[0, 0, 0, 0, 0, 0, 1.0]]), np.array([[1.0, 0, 0, 0, 0, 0, 0]])
+    assert evaluate(zero_first, np.array([0]))["top5_accuracy"] == 0.0
+    assert evaluate(zero_last, np.array([6]))["top5_accuracy"] == 0.0
+    knn = np.array([[0.4, 0.15, 0.15, 0.15, 0.15, 0, 0], [0.4, 0.15, 0.15, 0.15, 0.15, 0, 0]])
+    assert evaluate(knn, np.array([4, 6]))["top5_accuracy"] == 0.5  # 5th of five voters: a hit; no vote: none
+    assert evaluate(np.array([[0.5, 0.5, 0, 0]]), np.array([3]))["top5_accuracy"] == 1.0  # ≤ 5 classes
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(12), size=200)
+    y = rng.integers(0, 12, 200)
+    assert evaluate(proba, y)["top5_accuracy"] == top_k_accuracy_score(y, proba, k=5, labels=np.arange(12))
