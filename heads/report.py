@@ -159,18 +159,26 @@ def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]):
-    """scikit-learn's classification_report as a DataFrame: precision, recall, f1-score, support per class."""
+    """scikit-learn's classification_report as a DataFrame: precision, recall, f1-score, support per class.
+
+    A class with no row in ``y_true`` has no recall: its recall and F1 are NaN, its precision is 0 if it was
+    predicted (every such prediction is wrong) else NaN, and the macro average leaves it out (scikit-learn would
+    count it as 0 and pull the average down for classes that were never asked). ``y_true`` is not empty.
+    """
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import classification_report  # noqa: PLC0415
 
-    report = classification_report(y_true, y_pred, labels=np.arange(len(class_names)), target_names=class_names,
+    present = np.unique(y_true)
+    report = classification_report(y_true, y_pred, labels=present, target_names=[class_names[i] for i in present],
                                    output_dict=True, zero_division=0)
-    accuracy = report.pop("accuracy", None)
+    for key in ("accuracy", "micro avg"):  # "micro avg" stands in for accuracy when a prediction is outside labels
+        report.pop(key, None)
     table = pd.DataFrame(report).T
-    if accuracy is not None:  # sklearn's text report puts it between the classes and the averages
-        table.loc["accuracy"] = [np.nan, np.nan, accuracy, len(y_true)]
-        order = [*class_names, "accuracy", *[k for k in table.index if k.endswith(" avg")]]
-        table = table.loc[order]
+    for i in sorted(set(range(len(class_names))) - set(present.tolist())):
+        table.loc[class_names[i]] = [0.0 if (y_pred == i).any() else np.nan, np.nan, np.nan, 0]
+    # sklearn's text report puts accuracy between the classes and the averages
+    table.loc["accuracy"] = [np.nan, np.nan, float(np.mean(y_true == y_pred)), len(y_true)]
+    table = table.loc[[*class_names, "accuracy", "macro avg", "weighted avg"]]
     table["support"] = table["support"].astype(int)
     return table
 
@@ -244,9 +252,16 @@ def write_report(
         parts.append("<h2>Per-class precision, recall and F1 (validation)</h2>")
         three = lambda v: f"{v:.3f}"  # noqa: E731
         # pandas skips formatters for NaN: the accuracy row's empty precision and recall need na_rep
-        parts.append(per_class_table(y_true, y_pred, class_names).to_html(
+        table = per_class_table(y_true, y_pred, class_names)
+        parts.append(table.to_html(
             formatters={"precision": three, "recall": three, "f1-score": three}, na_rep="", classes="per-class",
             border=0))
+        absent = [name for name in class_names if table.loc[name, "support"] == 0]
+        if absent:
+            parts.append(f"<p class='muted'>{len(absent)} class{'es have' if len(absent) > 1 else ' has'} no "
+                         f"validation image ({e(', '.join(absent[:10]))}{', ...' if len(absent) > 10 else ''}): no "
+                         f"recall or F1, and the macro average leaves {'them' if len(absent) > 1 else 'it'} out. "
+                         f"A precision of 0 means the head predicted the class for images of other classes.</p>")
 
         cm_file = run_dir / "confusion_matrix.png"
         png = cm_file.read_bytes() if cm_file.is_file() else _figure_png(

@@ -161,6 +161,19 @@ def test_per_class_table_matches_a_direct_count():
     assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6)
 
 
+def test_a_class_without_val_images_has_no_recall_and_stays_out_of_the_macro_average():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    y_pred = np.array([0, 3, 1, 1, 2, 2])  # d: no val image, predicted once (wrongly); e: neither
+    table = per_class_table(y_true, y_pred, ["a", "b", "c", "d", "e"])
+    assert list(table.index) == ["a", "b", "c", "d", "e", "accuracy", "macro avg", "weighted avg"]
+    assert table.loc["d", "precision"] == 0 and np.isnan(table.loc["d", "recall"]) and table.loc["d", "support"] == 0
+    assert table.loc["e", ["precision", "recall", "f1-score"]].isna().all()
+    # macro recall over the classes with val images, counted directly: a 1/2, b 2/3, c 1/1
+    assert table.loc["macro avg", "recall"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert table.loc["macro avg", "precision"] == pytest.approx((1 + 1 + 1 / 2) / 3)
+    assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6) and table.loc["accuracy", "support"] == 6
+
+
 def test_per_class_table_in_the_report_has_no_nan(folder_cache, tmp_path):
     paths, y = _val_rows(folder_cache)
     proba = np.eye(len(CLASSES))[y]
