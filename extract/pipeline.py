@@ -629,8 +629,9 @@ def extract_features(
                     f"nothing to assemble for {path}: no rows were extracted (every image skipped?)")
         writer = cache_mod.PartsWriter(cache_mod.parts_dir(path), config, flush_rows)
         compute_start = time.perf_counter()
-        skip_reasons = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
-                                      max_pixels=max_pixels, progress=progress, strategy=strategy, pool=pool)
+        skip_reasons, zero_rows = run_extraction(plan.views, model, writer, config, batch_size=batch_size,
+                                                 max_pixels=max_pixels, progress=progress, strategy=strategy,
+                                                 pool=pool)
         feature_shape = (tuple(int(d) for d in model.output_shape[1:]) if model is not None
                          else pool.feature_shape if pool is not None else kept_shape)
         # Views extracted in this run per second of decode+backbone+write (backbone build excluded).
@@ -657,6 +658,11 @@ def extract_features(
             f"reasons are stored in the cache (`make verify` lists them)")
     else:
         log(f"0 of {n_given:,} images skipped")
+    if zero_rows:  # no head can tell such rows apart (make verify flags them too)
+        log(f"WARNING: {zero_rows:,} of the {len(plan.views) - len(skip_reasons):,} rows extracted now have all-zero "
+            f"features, so heads cannot tell them apart: "
+            + (f"DTYPE={config['dtype']} may have rounded tiny features to 0 (DTYPE=float32 keeps them); "
+               if config["dtype"] == "float16" else "") + "check WEIGHTS= (random weights can give tiny features)")
     log(f"extracted {len(plan.views) - len(skip_reasons):,} views in {seconds:,.1f} s "
         f"({len(plan.views) / max(seconds, 1e-9):,.1f} images/s"
         + (f"; {throughput:,.1f} images/s once the backbone was built" if throughput else "")
@@ -740,17 +746,19 @@ def run_extraction(
     progress: bool = True,
     strategy=None,
     pool=None,
-) -> list[str]:
+) -> tuple[list[str], int]:
     """Feed every view through ``model`` (or the worker processes of ``pool``) into ``writer``; record each
     failure with its reason.
 
-    Returns the skip reasons. A write error becomes a :class:`CacheError` saying how to resume.
+    Returns the skip reasons and how many rows are all zero once stored in the cache's DTYPE. A write error
+    becomes a :class:`CacheError` saying how to resume.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     skip_reasons: list[str] = []
+    zero_rows = 0
     if not views:
-        return skip_reasons
+        return skip_reasons, zero_rows
     bar = tqdm(total=len(views), unit="img", disable=not progress, desc="extract", dynamic_ncols=True)
     seed = config["augmentation"]["seed"]
     augment = dict(augment=augment_spec(config), rounds=[v.round for v in views],
@@ -768,6 +776,8 @@ def run_extraction(
                     skip_reasons.append(r)
             if ok:
                 rows = [batch[k] for k in ok]
+                stored = np.asarray(feats[ok]).astype(config["dtype"]).reshape(len(ok), -1)
+                zero_rows += int((stored == 0).all(axis=1).sum())
                 writer.write(cache_mod.Batch(
                     features=feats[ok], label=np.array([v.item.label for v in rows]),
                     path=[v.item.relpath for v in rows], split=[v.item.split for v in rows],
@@ -783,4 +793,4 @@ def run_extraction(
         ) from err
     finally:
         bar.close()
-    return skip_reasons
+    return skip_reasons, zero_rows

@@ -121,3 +121,30 @@ def test_a_class_whose_images_all_fail_to_decode_is_warned_about(tmp_path):
     logs.clear()
     extract_features(write_class_folders(tmp_path / "ok", per_class=3), out=tmp_path / "ok.h5", **quiet(logs))
     assert not any("no training row" in line for line in logs)
+
+
+def test_rows_stored_as_all_zero_features_are_warned_about(tmp_path, monkeypatch):
+    """Random MobileNetV2 features (~1e-11) round to 0 in float16: every row alike, and extraction used to be
+    silent about it. Here the first row of each batch is made tiny, as such a backbone would."""
+    from extract import pipeline
+
+    real = pipeline.embed
+
+    def tiny_first_row(*args, **kwargs):
+        for idx, feats, reasons in real(*args, **kwargs):
+            feats = np.array(feats)
+            feats[0] = 1e-11
+            yield idx, feats, reasons
+
+    monkeypatch.setattr(pipeline, "embed", tiny_first_row)
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    logs: list[str] = []
+    extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", batch_size=4, progress=False,
+                     log=logs.append)
+    warning = next(m for m in logs if "all-zero" in m)
+    assert warning.startswith("WARNING: 3 of the 9 rows extracted now have all-zero features")  # 3 batches of ≤4
+    assert "DTYPE=float16 may have rounded tiny features to 0" in warning
+    logs.clear()
+    extract_features(data, out=tmp_path / "f32.h5", size=SIZE, weights="none", batch_size=4, dtype="float32",
+                     progress=False, log=logs.append)
+    assert not any("all-zero" in m for m in logs)  # 1e-11 is not 0 in float32
