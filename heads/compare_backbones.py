@@ -39,7 +39,8 @@ def _validate(backbones: Sequence[str], head: str, head_args: dict[str, Any], ex
     specs = [get_backbone(b) for b in backbones]  # unknown names: error listing the registry
     create_head(head, **head_args)  # unknown head or bad HEAD_ARGS: error before any extraction
     if "out" in extract_kwargs:
-        raise ValueError("OUT= names one cache file; compare-backbones writes one cache per backbone into CACHE_DIR")
+        raise ValueError("out= names one cache file; compare_backbones() writes one cache per backbone into "
+                         "cache_dir (default features_cache/) and takes out_dir for its table and runs")
     for key in ("backbone", "cache_dir", "log"):
         if key in extract_kwargs:
             raise TypeError(f"compare_backbones() sets {key} itself")
