@@ -5,6 +5,10 @@ returns ``self``, and keeps learned state in attributes ending in ``_``. ``predi
 columns follow ``classes_``. ``save(dir)`` writes ``head.json`` plus arrays or a ``.keras``
 file; ``load_head(dir)`` reads them back without pickle, so a run from elsewhere cannot run code.
 
+``fit`` also takes ``groups`` (n_samples,): the image each row is a view of (the cache's ``path``). With
+augmented rounds an image has several rows; a head that holds rows out of its own fitting (cross-validation,
+an early-stopping holdout) keeps an image's rows together, so no held-out row has a view of itself in training.
+
 A head with ``streaming = True`` also implements ``fit_blocks(blocks, classes, validation_data)``:
 it never sees all training rows at once. ``blocks`` is a :data:`BlockSource`; each call is one
 pass over the training rows. ``train_head`` feeds such heads from the HDF5 file block by block.
@@ -48,8 +52,10 @@ class Head(ABC):
         return {k: getattr(self, k) for k in head_params(self.name)}
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None):
-        ...
+    def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            groups: np.ndarray | None = None):
+        """Learn from X (n_samples, ...) and y (n_samples,); ``validation_data`` is only watched (training
+        curves), never used to choose anything; ``groups`` (n_samples,) names each row's image."""
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -120,7 +126,7 @@ def standardized_linear(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef
 
 
 class RareClassError(ValueError):
-    """A class has too few training rows for a head (its cross-validation needs 2 of every class).
+    """A class has too few training images for a head (its cross-validation needs 2 of every class).
 
     Heads see integer labels only, so the message names ``class <label>``; ``train_head`` re-raises
     it with the class's name (:meth:`named`), and ``compare-heads`` skips such a head with the
@@ -130,7 +136,7 @@ class RareClassError(ValueError):
     def __init__(self, what: str, label: int, count: int, fix: str = "", name: str | None = None):
         self.what, self.label, self.count, self.fix = what, int(label), int(count), fix
         shown = repr(name) if name is not None else str(self.label)
-        super().__init__(f"{what} needs at least 2 training rows of every class for cross-validation; "
+        super().__init__(f"{what} needs at least 2 training images of every class for cross-validation; "
                          f"class {shown} has {self.count}" + (f": {fix}" if fix else ""))
 
     def named(self, class_names: list[str]) -> "RareClassError":
@@ -138,17 +144,46 @@ class RareClassError(ValueError):
         return RareClassError(self.what, self.label, self.count, self.fix, class_names[self.label])
 
 
-def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0, fix: str = ""):
-    """Stratified folds, as many as the rarest class allows (at most ``wanted``, at least 2).
+def _images_per_class(y: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and how many images (distinct ``groups``; rows when None) each has."""
+    if groups is None:
+        return np.unique(y, return_counts=True)
+    classes, groups = np.unique(y), np.asarray(groups)
+    return classes, np.array([len(np.unique(groups[y == c])) for c in classes])
 
-    Raises :class:`RareClassError` (``fix``: how to get past it) when a class has fewer than 2 rows.
+
+def cv_folds(y: np.ndarray, wanted: int, what: str, seed: int = 0, fix: str = "",
+             groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (train, held-out) row indices, as many folds as the rarest class's images allow (at most
+    ``wanted``, at least 2). With ``groups`` holding an image more than once (augmented rounds), the folds
+    keep each image's rows in one fold (StratifiedGroupKFold).
+
+    Raises :class:`RareClassError` (``fix``: how to get past it) when a class has fewer than 2 images.
     """
-    from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # noqa: PLC0415
 
-    classes, counts = np.unique(y, return_counts=True)
+    classes, counts = _images_per_class(y, groups)
     if counts.min() < 2:
         raise RareClassError(what, classes[counts.argmin()], counts.min(), fix)
-    return StratifiedKFold(n_splits=int(min(wanted, counts.min())), shuffle=True, random_state=seed)
+    n_splits = int(min(wanted, counts.min()))
+    if groups is None or len(np.unique(groups)) == len(groups):
+        return list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
+        np.zeros(len(y)), y, groups))
+
+
+def holdout_rows(y: np.ndarray, fraction: float, seed: int = 0,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows): about ``fraction`` of each class's images held out, every view of an image on
+    one side, and at least one image of every class left to fit (a class of one image is never held out)."""
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        images = np.unique(groups[y == c])
+        n = min(int(round(fraction * len(images))), len(images) - 1)
+        held |= (y == c) & np.isin(groups, rng.permutation(images)[:n])
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 @contextmanager

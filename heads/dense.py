@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Head
+from .base import Head, holdout_rows
 from .registry import Param, register_head
 
 
@@ -15,8 +15,13 @@ class DenseHead(Head):
     """Flatten → Dense(units, relu) → Dropout(dropout1) → Dense(units2, relu) → Dropout(dropout2) → softmax.
 
     The defaults are the tutorial's: 128 and 128 units, dropout 0.2 and 0.5. ``units2=None``
-    means the same width as ``units``. Adam, categorical cross-entropy, at most ``epochs``;
-    early stopping on validation loss with ``patience``, restoring the best weights. The
+    means the same width as ``units``. Adam, categorical cross-entropy, at most ``epochs``.
+    Early stopping (``patience``, best weights restored) watches the loss on a holdout of
+    ``validation_fraction`` of each class's training images (all views of an image on one side),
+    as scikit-learn's ``MLPClassifier(early_stopping=True)`` does: the validation split is never
+    used to choose the epoch, so its figures stay comparable with the other heads'. The holdout's
+    curves are ``holdout_loss``/``holdout_accuracy`` in ``history_``; the kept epoch is
+    ``best_epoch_`` (1-based). ``validation_fraction=0``: no holdout, all ``epochs`` run. The
     network is built in ``fit``.
 
     ``standardize=True`` (default) puts a Normalization layer, adapted on the training
@@ -28,12 +33,12 @@ class DenseHead(Head):
         "units": Param(int, ge=1), "units2": Param(int, ge=1, none_ok=True), "dropout1": Param(float, ge=0, lt=1),
         "dropout2": Param(float, ge=0, lt=1), "epochs": Param(int, ge=1), "patience": Param(int, ge=0),
         "batch_size": Param(int, ge=1), "learning_rate": Param(float, gt=0), "standardize": Param(bool),
-        "seed": Param(int, ge=0),
+        "validation_fraction": Param(float, ge=0, lt=1), "seed": Param(int, ge=0),
     }
 
     def __init__(self, units: int = 128, units2: int | None = None, dropout1: float = 0.2, dropout2: float = 0.5,
                  epochs: int = 100, patience: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
-                 standardize: bool = True, seed: int = 0):
+                 standardize: bool = True, validation_fraction: float = 0.1, seed: int = 0):
         self.units = units
         self.units2 = units2
         self.dropout1 = dropout1
@@ -43,6 +48,7 @@ class DenseHead(Head):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.standardize = standardize
+        self.validation_fraction = validation_fraction
         self.seed = seed
 
     def _build(self, X, n_classes):
@@ -62,27 +68,33 @@ class DenseHead(Head):
             keras.layers.Dense(n_classes, activation="softmax"),
         ], name="dense_head")
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         import keras  # noqa: PLC0415
 
         keras.utils.set_random_seed(int(self.seed))
+        X, y = np.asarray(X, np.float32), np.asarray(y)
         self.classes_ = np.unique(y)
         n = len(self.classes_)
         onehot = lambda labels: keras.utils.to_categorical(np.searchsorted(self.classes_, labels), n)  # noqa: E731
-        self.model_ = self._build(np.asarray(X, np.float32), n)
+        fit_rows, held = holdout_rows(y, float(self.validation_fraction), int(self.seed), groups)
+        self.model_ = self._build(X[fit_rows], n)
         self.model_.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)),
                             loss="categorical_crossentropy", metrics=["accuracy"])
-        callbacks, val = [], None
-        if validation_data is not None and len(validation_data[0]):
-            Xv, yv = validation_data
-            known = np.isin(yv, self.classes_)
-            val = (Xv[known], onehot(yv[known]))
+        callbacks, holdout, self.fit_note_ = [], None, ""
+        if len(held):
+            holdout = (X[held], onehot(y[held]))
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=int(self.patience), restore_best_weights=True))
-        hist = self.model_.fit(X, onehot(y), validation_data=val, epochs=int(self.epochs),
+        elif float(self.validation_fraction) > 0:
+            self.fit_note_ = (f"no early stopping: validation_fraction={self.validation_fraction:g} of each class's "
+                              f"training images rounds to none (too few images); all {self.epochs} epochs ran")
+        hist = self.model_.fit(X[fit_rows], onehot(y[fit_rows]), validation_data=holdout, epochs=int(self.epochs),
                                batch_size=int(self.batch_size), callbacks=callbacks, verbose=0, shuffle=True)
-        self.history_ = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+        # Keras names the holdout's curves val_*: here they are the holdout's, not the validation split's
+        self.history_ = {k.replace("val_", "holdout_", 1): [float(v) for v in vs] for k, vs in hist.history.items()}
         self.n_epochs_ = len(hist.history["loss"])
+        self.best_epoch_ = callbacks[0].best_epoch + 1 if callbacks else self.n_epochs_
+        self.n_holdout_ = len(held)
         return self
 
     def predict_proba(self, X) -> np.ndarray:

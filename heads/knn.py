@@ -41,7 +41,7 @@ class KNNHead(Head):
         self.model_ = KNeighborsClassifier(n_neighbors=self.n_neighbors_, weights=self.weights,
                                            metric="cosine", algorithm="brute").fit(self.fit_X_, self.fit_y_)
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         self.fit_X_, self.fit_y_ = flat(X), np.asarray(y)
         self.classes_ = np.unique(self.fit_y_)
         self._fit_model()

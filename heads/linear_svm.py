@@ -25,7 +25,8 @@ class LinearSVMHead(Head):
     ----------
     C : inverse regularization strength.
     max_iter : liblinear iterations.
-    cv : calibration folds (fewer when a class has fewer training rows; every class needs 2).
+    cv : calibration folds (fewer when a class has fewer training images; every class needs 2;
+        an image's augmented rows stay in one fold).
     seed : fold shuffling and liblinear's random state.
     """
 
@@ -38,7 +39,7 @@ class LinearSVMHead(Head):
         self.cv = cv
         self.seed = seed
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
         from sklearn.svm import LinearSVC  # noqa: PLC0415
@@ -47,13 +48,14 @@ class LinearSVMHead(Head):
         scaler = StandardScaler().fit(X)
         svc = LinearSVC(C=float(self.C), max_iter=int(self.max_iter), random_state=int(self.seed))
         folds = cv_folds(y, int(self.cv), "linear-svm calibration", int(self.seed),
-                         fix="add training images of that class, or use another head, e.g. HEAD=logreg")
+                         fix="add training images of that class, or use another head, e.g. HEAD=logreg",
+                         groups=groups)
         # liblinear warns once per fit (each fold and the final one) when it stops at max_iter:
         # one line in fit_note_ (train_head prints it and writes it to metrics.json) says it instead.
         with unconverged_fits() as unconverged:
             model = CalibratedClassifierCV(svc, method="sigmoid", ensemble=False, cv=folds)
             model.fit(scaler.transform(X), y)
-        self.fit_note_ = max_iter_note("liblinear", int(self.max_iter), len(unconverged), folds.get_n_splits() + 1)
+        self.fit_note_ = max_iter_note("liblinear", int(self.max_iter), len(unconverged), len(folds) + 1)
         (calibrated,) = model.calibrated_classifiers_
         self.classes_ = model.classes_
         self.mean_, self.scale_ = scaler.mean_, scaler.scale_

@@ -20,9 +20,9 @@ class LogisticRegressionHead(Head):
 
     Parameters
     ----------
-    C : inverse regularization strength, or ``"auto"``: stratified 3-fold cross-validation
-        (2 folds when a class has only 2 rows) picks the C of 0.01, 0.1, 1, 10 with the lowest
-        held-out log loss, then fits on all rows. The chosen C is ``C_``; it and the loss per C
+    C : inverse regularization strength, or ``"auto"``: stratified 3-fold cross-validation (2 folds
+        when a class has only 2 images; an image's augmented rows stay in one fold) picks the C of
+        0.01, 0.1, 1, 10 with the lowest held-out log loss, then fits on all rows. The chosen C is ``C_``; it and the loss per C
         go into ``selected_params_`` (and so into metrics.json).
     max_iter : lbfgs iterations.
     """
@@ -33,30 +33,30 @@ class LogisticRegressionHead(Head):
         self.C = C
         self.max_iter = max_iter
 
-    def _select_C(self, X: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def _select_C(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> tuple[float, int]:
         """The C of ``C_GRID`` with the lowest mean held-out log loss, and the number of fits made (each fold
-        walks the grid with warm starts)."""
+        walks the grid with warm starts; an image's rows stay in one fold)."""
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
         from sklearn.metrics import log_loss  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
         losses = np.zeros(len(C_GRID))
         folds = cv_folds(y, CV_FOLDS, "C=auto",
-                         fix="add training images of that class, or set C to a number, e.g. C=1")
-        for train, held_out in folds.split(X, y):
+                         fix="add training images of that class, or set C to a number, e.g. C=1", groups=groups)
+        for train, held_out in folds:
             scaler = StandardScaler().fit(X[train])
             model = LogisticRegression(max_iter=int(self.max_iter), warm_start=True)
             for k, C in enumerate(C_GRID):  # from strong to weak regularization: each fit starts near the last
                 model.set_params(C=C).fit(scaler.transform(X[train]), y[train])
                 proba = model.predict_proba(scaler.transform(X[held_out]))
-                losses[k] += log_loss(y[held_out], proba, labels=model.classes_) / folds.get_n_splits()
+                losses[k] += log_loss(y[held_out], proba, labels=model.classes_) / len(folds)
         best = float(C_GRID[int(np.argmin(losses))])
         self.selected_params_ = {
             "C": best, "cv_log_loss": {f"{c:g}": round(float(v), 6) for c, v in zip(C_GRID, losses)},
         }
-        return best, folds.get_n_splits() * len(C_GRID)
+        return best, len(folds) * len(C_GRID)
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
         from threadpoolctl import threadpool_limits  # noqa: PLC0415
@@ -65,7 +65,7 @@ class LogisticRegressionHead(Head):
         # lbfgs makes many small BLAS calls; threaded BLAS on a busy 2-core machine made them
         # 10-70x slower (0.3 s vs 21 s for one fit on the demo cache), one thread never hurt much.
         with threadpool_limits(1, user_api="blas"), unconverged_fits() as unconverged:
-            self.C_, fits = self._select_C(X, y) if self.C == "auto" else (float(self.C), 0)
+            self.C_, fits = self._select_C(X, y, groups) if self.C == "auto" else (float(self.C), 0)
             scaler = StandardScaler().fit(X)
             model = LogisticRegression(C=self.C_, max_iter=int(self.max_iter))
             model.fit(scaler.transform(X), y)

@@ -57,11 +57,11 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
 
 
 def plot_history(history: dict[str, list[float]], out: Path | io.BytesIO, title: str = "") -> Path | io.BytesIO:
-    """Loss and accuracy per epoch, training and validation side by side."""
+    """Loss and accuracy per epoch: training, and validation (sgd) or the early-stopping holdout (dense)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, style in (("", "-"), ("val_", "--")):
+        for prefix, style in (("", "-"), ("val_", "--"), ("holdout_", ":")):
             key = prefix + metric
             if key in history:
                 ax.plot(np.arange(1, len(history[key]) + 1), history[key], style, label=key)
@@ -193,8 +193,8 @@ def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             return ", ".join(f"{k}={w}" for k, w in v.items())
         return str(v)
     keys = ("val_accuracy", "val_top5_accuracy", "val_log_loss", "train_accuracy", "test_accuracy", "n_train",
-            "n_val", "n_test_labelled", "fit_seconds", "predict_ms_per_image", "epochs_run", "head_args",
-            "selected_params", "fit_note", "train_rounds", "weights", "features")
+            "n_val", "n_test_labelled", "fit_seconds", "predict_ms_per_image", "epochs_run", "best_epoch",
+            "head_args", "selected_params", "fit_note", "train_rounds", "weights", "features")
     return [(k, fmt(metrics[k])) for k in keys if k in metrics]
 
 

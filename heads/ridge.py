@@ -30,7 +30,7 @@ class RidgeHead(Head):
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         from sklearn.linear_model import RidgeClassifier  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 

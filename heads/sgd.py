@@ -58,7 +58,7 @@ class SGDHead(Head):
         self.block_rows = block_rows
         self.seed = seed
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, groups=None):
         y = np.asarray(y)
         return self.fit_blocks(array_blocks(X, y, int(self.block_rows)), np.unique(y), validation_data)
 

@@ -515,6 +515,11 @@ def train_head(
             log(f"WARNING: {len(untrained)} class{'es have' if len(untrained) > 1 else ' has'} no training row: "
                 f"{', '.join(untrained[:10])}; the head gives {'them' if len(untrained) > 1 else 'it'} probability 0 "
                 f"(a Kaggle submission's log loss pays for every such image). `make verify FEATURES=...` says why.")
+        unseen = [name for k, name in enumerate(data.class_names) if k not in set(data.val.y.tolist())]
+        if len(data.val) and unseen:  # the split is by image hash, not stratified: a small class can miss val
+            log(f"NOTE: {len(unseen)} class{'es have' if len(unseen) > 1 else ' has'} no validation image: "
+                f"{', '.join(unseen[:10])}{', ...' if len(unseen) > 10 else ''}; val accuracy says nothing about "
+                f"{'them' if len(unseen) > 1 else 'it'} (a larger VAL= or another SEED= changes the split)")
         validation = (data.val.X, data.val.y) if len(data.val) else None
         train_index = source.rows("train", train_rounds)
         start = time.perf_counter()
@@ -523,7 +528,7 @@ def train_head(
                 model.fit_blocks(source.blocks(train_index, int(model.block_rows)), np.unique(data.train.y),
                                  validation)
             else:
-                model.fit(data.train.X, data.train.y, validation_data=validation)
+                model.fit(data.train.X, data.train.y, validation_data=validation, groups=data.train.paths)
         except RareClassError as err:  # the head saw class indices; the user knows the names
             raise err.named(data.class_names) from None
         fit_seconds = time.perf_counter() - start
@@ -562,6 +567,8 @@ def train_head(
         metrics["selected_params"] = model.selected_params_
     if getattr(model, "n_epochs_", None):
         metrics["epochs_run"] = model.n_epochs_
+    if getattr(model, "best_epoch_", None):
+        metrics["best_epoch"] = model.best_epoch_
     if getattr(model, "fit_note_", ""):
         metrics["fit_note"] = model.fit_note_
     if untrained:

@@ -129,16 +129,24 @@ def test_a_sibling_with_other_rounds_is_reused_only_for_the_same_folder_and_neve
     assert any("reusing the rows of" in m for m in logs)  # same folder, no OVERWRITE: reused as before
 
 
-def test_heads_use_all_rounds_or_clean_only(tmp_path):
+def test_heads_use_all_rounds_or_clean_only(tmp_path, monkeypatch):
+    import heads.logreg
     from heads import train_head
 
     data = write_class_folders(tmp_path / "d", per_class=5)
     cache = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", augment="epiuse", rounds=2,
                              **QUIET).path
-    all_rows = train_head("logreg", cache, tmp_path / "a", log=lambda m: None).metrics
+    seen = []
+    real = heads.logreg.cv_folds
+    monkeypatch.setattr(heads.logreg, "cv_folds", lambda *a, **k: seen.append(k["groups"]) or real(*a, **k))
+    all_rows = train_head("logreg", cache, tmp_path / "a", head_args={"C": "auto"}, log=lambda m: None).metrics
     clean = train_head("logreg", cache, tmp_path / "b", train_rounds="clean", log=lambda m: None).metrics
     assert all_rows["n_train"] == 3 * clean["n_train"]
     assert all_rows["n_val"] == clean["n_val"] > 0
+    # C=auto's folds are told which image each row is a view of (3 rows per training image)
+    with FeatureCache(cache) as c:
+        train_paths = c.column("path")[c.column("split") == "train"]
+    assert sorted(seen[0]) == sorted(train_paths) and len(set(seen[0])) * 3 == len(seen[0])
     # make compare-heads TRAIN_ROUNDS=clean: every head on the clean rows (the variable used to be dropped)
     from heads.__main__ import main
 

@@ -86,7 +86,7 @@ def test_features_that_is_a_directory_lists_its_caches(tmp_path):
 
 
 def test_heads_name_the_class_that_is_too_rare(rare_cache, tmp_path):
-    with pytest.raises(RareClassError, match="linear-svm calibration needs at least 2 training rows of every "
+    with pytest.raises(RareClassError, match="linear-svm calibration needs at least 2 training images of every "
                                              "class for cross-validation; class 'eel' has 1: add training images"):
         train_head("linear-svm", rare_cache, tmp_path / "svm", **QUIET)
     with pytest.raises(RareClassError, match="C=auto .* class 'eel' has 1: .*set C to a number"):
@@ -95,6 +95,13 @@ def test_heads_name_the_class_that_is_too_rare(rare_cache, tmp_path):
     # a single train-head still fails: exit 2 with the named class
     _assert_one_error_line(_cli("train", "--head", "linear-svm", "--features", str(rare_cache),
                                 "--run", str(tmp_path / "cli")), "class 'eel' has 1")
+
+
+def test_a_class_without_validation_images_is_named(rare_cache, tmp_path):
+    said: list[str] = []
+    train_head("ridge", rare_cache, tmp_path / "r", plots=False, log=said.append)
+    assert ("NOTE: 1 class has no validation image: eel; val accuracy says nothing about it (a larger VAL= or "
+            "another SEED= changes the split)") in said
 
 
 def test_compare_heads_skips_a_head_that_cannot_fit_the_data(rare_cache, tmp_path):

@@ -15,7 +15,7 @@ from heads import create_head, list_heads, load_head
 from heads.registry import head_class
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"dense": {"epochs": 5}}  # keep the Keras head to seconds
+FAST = {"dense": {"epochs": 8}}  # keep the Keras head to seconds
 SKLEARN_HEADS = [name for name in list_heads() if not head_class(name).uses_keras]
 
 
@@ -150,7 +150,7 @@ def test_logreg_C_auto_matches_a_grid_search_and_is_recorded(tmp_path):
     head.save(tmp_path / "h")
     assert load_head(tmp_path / "h").C_ == head.C_
 
-    with pytest.raises(ValueError, match="at least 2 training rows of every class"):
+    with pytest.raises(ValueError, match="at least 2 training images of every class"):
         create_head("logreg", C="auto").fit(X[:4], np.array([0, 1, 2, 2]))
 
 
@@ -217,3 +217,68 @@ def test_dense_widths_dropout_and_epochs_are_settable():
     assert [layer.units for layer in dense] == [16, 8, 3]
     assert [layer.rate for layer in drops] == [0.1, 0.0]
     assert head.n_epochs_ == 2
+
+
+def augmented_toy(seed: int = 4, images: int = 12, views: int = 3):
+    """Each image's views are near copies (as augmented rounds' features are): a fold holding one view of an image
+    while fitting on another would score the image almost as if it were trained on."""
+    rng = np.random.default_rng(seed)
+    y_img = np.repeat([0, 1, 2], images)
+    X_img = rng.normal(size=(len(y_img), 6)) + 0.8 * np.eye(6)[y_img]
+    groups = np.repeat([f"img{i}.jpg" for i in range(len(y_img))], views)
+    X = (np.repeat(X_img, views, axis=0) + 0.05 * rng.normal(size=(len(groups), 6))).astype(np.float32)
+    return X, np.repeat(y_img, views), groups
+
+
+def test_cross_validation_keeps_every_view_of_an_image_in_one_fold():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from heads.base import RareClassError, cv_folds
+    from heads.logreg import C_GRID
+
+    X, y, groups = augmented_toy()
+    folds = cv_folds(y, 3, "test", groups=groups)
+    assert len(folds) == 3
+    for fit, held in folds:
+        assert not set(groups[fit]) & set(groups[held])
+    # C=auto with the images named equals scikit-learn's grid search over image-grouped folds
+    head = create_head("logreg", C="auto").fit(X, y, groups=groups)
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                          {"logisticregression__C": list(C_GRID)}, scoring="neg_log_loss",
+                          cv=StratifiedGroupKFold(3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
+    np.testing.assert_allclose(list(head.selected_params_["cv_log_loss"].values()),
+                               -search.cv_results_["mean_test_score"], rtol=1e-3)
+    # a class of one image is refused however many views it has (it used to pass as 3 rows)
+    with pytest.raises(RareClassError, match="class 2 has 1"):
+        cv_folds(np.array([0, 0, 1, 1, 2, 2, 2]), 3, "test", groups=np.array(list("abcdeee")))
+    with pytest.raises(RareClassError, match="class 2 has 1"):
+        create_head("linear-svm").fit(X[:7], np.array([0, 0, 1, 1, 2, 2, 2]), groups=np.array(list("abcdeee")))
+
+
+def test_holdout_keeps_images_whole_and_every_class_in_training():
+    from heads.base import holdout_rows
+
+    _, y, groups = augmented_toy(images=10)
+    fit, held = holdout_rows(y, 0.2, seed=1, groups=groups)
+    assert sorted([*fit, *held]) == list(range(len(y))) and not set(groups[fit]) & set(groups[held])
+    assert [len(set(groups[held][y[held] == c])) for c in range(3)] == [2, 2, 2]  # 20% of 10 images per class
+    fit, held = holdout_rows(np.array([0, 0, 0, 1]), 0.5, groups=np.array(list("aabc")))
+    assert list(held) in ([0, 1], [2]) and 3 in fit  # a class of one image is never held out
+
+
+def test_dense_never_chooses_anything_on_the_validation_split():
+    """Early stopping watches a holdout of the training images: the validation rows given to fit, even with
+    wrong labels, change nothing."""
+    X, y, groups = augmented_toy(images=8)
+    kw = dict(epochs=15, patience=2)
+    plain = create_head("dense", **kw).fit(X, y, groups=groups)
+    wrong_val = (X[:12], (y[:12] + 1) % 3)
+    watched = create_head("dense", **kw).fit(X, y, validation_data=wrong_val, groups=groups)
+    np.testing.assert_array_equal(plain.predict_proba(X), watched.predict_proba(X))
+    assert plain.best_epoch_ <= plain.n_epochs_ and plain.n_holdout_ == 3 * 3  # 1 image of 8 per class, 3 views
+    assert "holdout_loss" in plain.history_ and "val_loss" not in plain.history_
+    none = create_head("dense", epochs=3, validation_fraction=0).fit(X, y, groups=groups)
+    assert none.n_epochs_ == 3 and none.n_holdout_ == 0 and none.fit_note_ == ""
