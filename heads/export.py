@@ -43,12 +43,16 @@ import tensorflow as tf
 from .base import Head, load_head
 from .predict import read_run_info
 from .registry import list_heads
+from .train import EXPORT_FILES
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
 FORMATS = ("keras", "saved_model", "tflite")
 # How a linear head with one coef row (two classes) scores its two columns: (first, second) × z.
 _BINARY_COLUMNS = {"softmax": (0.0, 1.0), "softmax-pm": (-1.0, 1.0), "ovr-sigmoid": (0.0, 1.0)}
 CHECK_IMAGES = 8
+# make predict's limit (extract.decode.DEFAULT_MAX_PIXELS, Pillow's decompression-bomb limit), kept here so that
+# serving needs no Pillow import; a test checks the two are equal.
+MAX_PIXELS = 89_478_485
 CHECK_TOLERANCE = 1e-3  # largest probability difference the self-check lets pass without a warning
 
 
@@ -295,6 +299,28 @@ def _decode_jpeg_draft(data: tf.Tensor, size: int) -> tf.Tensor:
     return tf.switch_case(_jpeg_draft_index(data, size), branches)
 
 
+def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Width x height an encoded JPEG, PNG or GIF declares in its header (int64), read before decoding; 0 for
+    other formats (their decoded size is checked instead)."""
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, tf.constant(b"\x00" * 32)]), 0, 32),
+                                 tf.uint8), tf.int64)
+    be32 = lambda i: ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]  # noqa: E731
+    png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    gif = tf.equal(tf.strings.substr(data, 0, 3), b"GIF")
+    return tf.case([
+        (tf.io.is_jpeg(data), lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))),
+        (png, lambda: be32(16) * be32(20)),
+        (gif, lambda: (b[6] + 256 * b[7]) * (b[8] + 256 * b[9])),
+    ], default=lambda: tf.constant(0, tf.int64))
+
+
+def _within_pixel_limit(pixels: tf.Tensor) -> tf.Operation:
+    return tf.debugging.assert_less_equal(
+        pixels, tf.constant(MAX_PIXELS, tf.int64),
+        message=f"too many pixels (width x height, first value) for the limit {MAX_PIXELS:,} (second value) that "
+                f"make predict applies too; resize the image before sending it")
+
+
 def decode_image_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
     """One encoded image (scalar tf.string) → uint8 (size, size, 3), in TensorFlow ops.
 
@@ -306,14 +332,21 @@ def decode_image_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
     Pillow's fixed-point filter weights still make a few pixels differ by one grey level
     (measured in the README). Not mirrored: EXIF orientation of non-JPEG files, CMYK JPEGs,
     GIF transparency, 16-bit PNG scaling (may differ by one level).
+
+    An image of more than ``MAX_PIXELS`` pixels fails (InvalidArgumentError "too many pixels"), as in
+    ``make predict``: for JPEG, PNG and GIF from the header, before anything is decoded (a 140 KB PNG can
+    declare 144 million pixels), for other formats once decoded, before the float copies.
     """
-    is_jpeg = tf.io.is_jpeg(data)
-    img = tf.cond(
-        is_jpeg,
-        lambda: _decode_jpeg_draft(data, size),
-        lambda: tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False),
-    )
-    img = tf.cond(is_jpeg, lambda: _apply_orientation(img, _exif_orientation(data)), lambda: img)
+    with tf.control_dependencies([_within_pixel_limit(_declared_pixels(data))]):
+        is_jpeg = tf.io.is_jpeg(data)
+        img = tf.cond(
+            is_jpeg,
+            lambda: _decode_jpeg_draft(data, size),
+            lambda: tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False),
+        )
+    shape = tf.cast(tf.shape(img), tf.int64)
+    with tf.control_dependencies([_within_pixel_limit(shape[0] * shape[1])]):
+        img = tf.cond(is_jpeg, lambda: _apply_orientation(img, _exif_orientation(data)), lambda: img)
     img = tf.cast(img, tf.float32)
 
     def on_white(rgb, alpha):
@@ -431,7 +464,8 @@ def _write_saved_model(model: keras.Model, labels: list[str], size: int, path: P
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")])
     def serve_images(image):
-        return outputs(model(image, training=False))
+        # a loaded signature does not enforce its declared shape: pixels of another SIZE would be read silently
+        return outputs(model(tf.ensure_shape(image, [None, size, size, 3]), training=False))
 
     module = tf.Module()
     module.model_variables = [v.value for v in model.variables]
@@ -512,10 +546,18 @@ def export_run(
         raise ValueError(f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     start = time.perf_counter()
     run = Path(run)
-    out_dir = Path(out) if out else run / "export"
+    out_dir = Path(out).expanduser() if out else run / "export"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"OUT={out_dir} is a file; export writes a folder (labels.json, export.json and the models). "
+                         f"Choose a folder, e.g. OUT={out_dir.parent / 'export'}")
     exp = build_export_model(run)
     model, size = exp.model, exp.size
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = [name for name in EXPORT_FILES if (out_dir / name).exists()]
+    for name in stale:  # an earlier export (maybe of another head) must not stay beside this one
+        shutil.rmtree(out_dir / name) if (out_dir / name).is_dir() else (out_dir / name).unlink()
+    if stale:
+        log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
     files: dict[str, str] = {}
     (out_dir / "labels.json").write_text(json.dumps(exp.labels, indent=2))
     files["labels"] = "labels.json"
@@ -529,9 +571,17 @@ def export_run(
     if "tflite" in formats:
         try:
             model.export(str(out_dir / "model.tflite"), format="litert", verbose=False)
+            # The converter can write a file the TFLite interpreter cannot run (Select TF ops: a bfloat16 or
+            # float16 backbone); loading it here finds that now, not on the device.
+            _tflite_outputs(out_dir / "model.tflite", np.zeros((1, size, size, 3), np.uint8))
             files["tflite"] = "model.tflite"
         except Exception as err:  # noqa: BLE001  (TFLite is a bonus: any converter failure is reported, not fatal)
+            (out_dir / "model.tflite").unlink(missing_ok=True)
             tflite_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            precision = {c.get("precision", "float32") for c in _cache_configs(exp.info)} - {"float32"}
+            if precision:
+                tflite_error += (f" (the run's PRECISION={','.join(sorted(precision))} backbone needs TensorFlow "
+                                 f"ops the TFLite interpreter lacks; model.keras and saved_model serve it)")
             log(f"TFLite conversion failed, skipped: {tflite_error}")
 
     checks: dict[str, Any] = {}

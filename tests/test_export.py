@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import keras
@@ -117,6 +118,8 @@ def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, c
     assert {"serving_default", "serve_images"} <= set(served.signatures)
     by_images = served.signatures["serve_images"](image=tf.constant(images))
     np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=TOL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Shape"):  # pixels resized to another SIZE
+        served.signatures["serve_images"](image=tf.zeros((1, SIZE + 29, SIZE + 29, 3), tf.uint8))
 
     encoded = [(folder_data / p).read_bytes() for p in paths]
     by_bytes = served.signatures["serving_default"](image_bytes=tf.constant(encoded))
@@ -131,6 +134,32 @@ def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, c
         assert checks["tflite_vs_keras_max_abs_diff"] < TOL
     else:  # conversion may fail on other TF versions: then it is reported, and the rest is written
         assert manifest["tflite_error"] and any("TFLite conversion failed" in m for m in logs)
+
+
+def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tflite_is_not_kept(
+        folder_cache, tmp_path, monkeypatch):
+    """Re-exporting into one OUT left the last export's files (maybe another head's) beside the new ones; a
+    .tflite the interpreter cannot run (Select TF ops, as a bfloat16 backbone gives) crashed the export and was
+    left behind."""
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    out = tmp_path / "out"
+    (out / "saved_model").mkdir(parents=True)
+    (out / "model.tflite").write_bytes(b"an older head's model")
+    (out / "deploy.sh").write_text("# the user's own file")
+
+    def unrunnable(self, path, **kwargs):
+        Path(path).write_bytes(b"TFL3 but nothing a TFLite interpreter can load")
+
+    monkeypatch.setattr(keras.Model, "export", unrunnable)
+    logs: list[str] = []
+    result = export_run(tmp_path / "run", out, formats=("keras", "tflite"), check=False, log=logs.append)
+    assert sorted(p.name for p in out.iterdir()) == ["deploy.sh", "export.json", "labels.json", "model.keras"]
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["files"] == {"labels": "labels.json", "keras": "model.keras"} == result.files
+    assert manifest["tflite_error"] and any(m.startswith("TFLite conversion failed, skipped: ") for m in logs)
+    assert any(m.startswith("replaced the previous export in ") and "model.tflite" in m for m in logs)
+    with pytest.raises(ValueError, match="is a file; export writes a folder"):
+        export_run(tmp_path / "run", out / "deploy.sh", **QUIET)
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):

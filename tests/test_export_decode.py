@@ -90,3 +90,27 @@ def test_mpo_is_not_scaled(tmp_path):
     assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
     for size in (71, 100):
         assert diff(tmp_path, buf.getvalue(), size).max() <= 1
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_the_bytes_path_refuses_too_many_pixels_as_make_predict_does(monkeypatch):
+    """From the header for JPEG, PNG and GIF (nothing decoded: a 140 KB PNG can declare 144 million pixels),
+    from the decoded size for the rest; at the limit itself the image is served."""
+    import heads.export as export
+    from extract.decode import DEFAULT_MAX_PIXELS
+
+    assert export.MAX_PIXELS == DEFAULT_MAX_PIXELS
+    monkeypatch.setattr(export, "MAX_PIXELS", 60 * 50)
+    for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
+        assert decode_image_bytes(tf.constant(_encoded(photo(60, 50), fmt)), 32).shape == (32, 32, 3)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
+            decode_image_bytes(tf.constant(_encoded(photo(61, 50), fmt)), 32)
+    # a PNG header declaring 100000 x 100000 with nothing behind it: refused before any decoding
+    fake = _encoded(photo(60, 50), "PNG")[:16] + (100_000).to_bytes(4, "big") * 2 + b"\x00" * 40
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
+        decode_image_bytes(tf.constant(fake), 32)
