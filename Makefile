@@ -90,9 +90,10 @@ compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
 	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) $(call opt,OUT,--out)
 
-predict: $(STAMP) ## classify images: RUN=<run dir> [IMAGES=<file or dir>, default: the cache's TEST= rows] [OUT=<csv>] [SUBMISSION=1]
+predict: $(STAMP) ## classify images: RUN=<run dir> [IMAGES=<file or dir>, default: the cache's TEST= rows] [OUT=<csv>] [SUBMISSION=1] [BATCH=] [MAX_PIXELS=]
 	@test -n "$(RUN)" || { echo "error: set RUN=<run dir> (and IMAGES=<file or folder>, or none for the test rows the run's cache holds)"; exit 2; }
-	$(PY) -m heads predict --run "$(RUN)" $(call opt,IMAGES,--images) $(call opt,OUT,--out) $(call flag,SUBMISSION,--submission)
+	$(PY) -m heads predict --run "$(RUN)" $(call opt,IMAGES,--images) $(call opt,OUT,--out) $(call flag,SUBMISSION,--submission) \
+	  $(call opt,BATCH,--batch) $(call opt,MAX_PIXELS,--max-pixels)
 
 export: $(STAMP) ## one servable model (image in, probabilities out): RUN=<run dir> [OUT=<dir>] [FORMATS=keras,saved_model,tflite]
 	@test -n "$(RUN)" || { echo "error: set RUN=<run dir>, e.g. make export RUN=runs/<cache>/logreg"; exit 2; }

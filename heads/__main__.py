@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", type=none_or_str)
     pr.add_argument("--submission", action="store_true")
     pr.add_argument("--batch", type=int, default=32)
+    pr.add_argument("--max-pixels", type=int, default=None)
     return p
 
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
 
             export_run(args.run, args.out, formats=[f.strip() for f in args.formats.split(",") if f.strip()])
         elif args.command == "predict":
-            table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch)
+            table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch,
+                            max_pixels=args.max_pixels)
             with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))
 
     run_cli(go)

@@ -41,22 +41,25 @@ def _image_suffixes() -> frozenset[str]:
                      if fmt in Image.OPEN and fmt not in ("HDF5", "GRIB", "BUFR"))
 
 
-def _refuse_duplicate_ids(paths: list[Path], images: Path) -> None:
-    """Kaggle ids are file stems and must be unique: two images with one stem would give two rows of one id."""
+def _refuse_duplicate_ids(paths: list[Path], images: Path | None) -> None:
+    """Kaggle ids are file stems and must be unique: two images with one stem would give two rows of one id.
+    ``images``: the IMAGES= given, or None for the cache's test rows (``paths`` as the cache records them)."""
     by_id: dict[str, list[Path]] = {}
     for p in paths:
         by_id.setdefault(p.stem, []).append(p)
     dups = {i: ps for i, ps in by_id.items() if len(ps) > 1}
     if not dups:
         return
-    root = images if images.is_dir() else images.parent
+    root = Path() if images is None else images if images.is_dir() else images.parent
     shown = "; ".join(f"{i} ({', '.join(str(p.relative_to(root)) for p in ps)})" for i, ps in list(dups.items())[:10])
     more = f"; and {len(dups) - 10} more" if len(dups) > 10 else ""
+    where, fix = (("IMAGES=" + str(images), "or point IMAGES= at the folder of test images alone") if images
+                  else ("the cached test rows (TEST=)", "then run `make extract` again with the same settings (it "
+                        "updates only what changed) and train the head again, or pass IMAGES=<folder of test images>"))
     raise ValueError(
         f"SUBMISSION=1 writes one row per id (the file name without its extension), but {len(dups)} "
-        f"id{'s belong' if len(dups) > 1 else ' belongs'} to more than one file in IMAGES={images}: {shown}{more}. "
-        f"Kaggle rejects duplicate ids: remove or rename the extra copies, or point IMAGES= at the folder of "
-        f"test images alone."
+        f"id{'s belong' if len(dups) > 1 else ' belongs'} to more than one file in {where}: {shown}{more}. "
+        f"Kaggle rejects duplicate ids: remove or rename the extra copies, {fix}."
     )
 
 
@@ -71,14 +74,14 @@ def read_run_info(run: Path) -> dict:
     return json.loads(info_file.read_text())
 
 
-def _embed_with(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
+def _embed_with(config: dict, paths: list[Path], batch_size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
     """Features (n, *feature_shape) of the backbone ``config`` describes, and per image '' or why it failed."""
     from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
 
     model = load_backbone(config)
     feats = np.zeros((len(paths), *model.output_shape[1:]), np.float32)
     errors = [""] * len(paths)
-    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size):
+    for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size, max_pixels):
         # Round through the cache dtype so the head sees exactly what it was trained on.
         feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
         for k, r in zip(idx, reasons):
@@ -93,6 +96,7 @@ def predict(
     *,
     submission: bool = False,
     batch_size: int = 32,
+    max_pixels: int | None = None,
     log: Callable[[str], None] = _log,
 ) -> pd.DataFrame:
     """Predict every image under ``images`` with the head saved in ``run``.
@@ -103,7 +107,8 @@ def predict(
     ``id`` plus one probability column per class, in class order. Ids must be unique (a ValueError lists the
     clashes); a file that is not an image and is not named like one (``readme.txt``) is left out of it, with a
     note; an unreadable image (``broken.jpg``) keeps its row, with uniform probabilities.
-    ``~`` in ``run``, ``images`` and ``out`` is the home folder.
+    ``~`` in ``run``, ``images`` and ``out`` is the home folder. An image of more than ``max_pixels`` pixels
+    (default: Pillow's limit, as in extraction; MAX_PIXELS=) is an error row, not decoded.
 
     Without ``images``, the test rows of the run's own cache(s) (``make extract TEST=``) are predicted
     from their cached features: no image is opened and no backbone is built; the test files the
@@ -112,6 +117,11 @@ def predict(
     run = Path(run).expanduser()
     images = Path(images).expanduser() if images is not None else None
     out = Path(out).expanduser() if out is not None else None
+    from extract.decode import DEFAULT_MAX_PIXELS  # noqa: PLC0415
+
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if max_pixels < 1:
+        raise ValueError(f"MAX_PIXELS={max_pixels} must be at least 1 pixel (default {DEFAULT_MAX_PIXELS:,})")
     if submission and out is None:
         raise ValueError("SUBMISSION=1 writes a CSV file: pass OUT=, e.g. OUT=submission.csv")
     if out is not None and out.is_dir():  # found now, not after the backbone has run over every image
@@ -136,7 +146,7 @@ def predict(
         errors = [""] * len(paths)
         parts = []
         for config in configs:
-            part, reasons = _embed_with(config, paths, batch_size)
+            part, reasons = _embed_with(config, paths, batch_size, max_pixels)
             parts.append(part)
             errors = [e or r for e, r in zip(errors, reasons)]
         # One cache: features keep their stored shape; several: flattened and joined in cache order, as in training.
@@ -173,7 +183,7 @@ def predict(
         if not keep.any():
             raise ValueError(f"{source} has no images (none of its {n} files decodes as one); point IMAGES= "
                              f"at the folder of test images")
-        _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images or Path("."))
+        _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if submission:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CLASSES, SIZE, draw, write_class_folders, write_kaggle
+from conftest import CLASSES, SIZE, draw, heads_cli, write_class_folders, write_kaggle
 from test_heads_train import blobs, write_cache
 
 from extract import discover, extract_features
@@ -80,12 +80,12 @@ def synthetic_run(tmp_path_factory) -> Path:
     return train_head("logreg", cache, folder / "runs" / "blobs" / "logreg", plots=False, **QUIET).run_dir
 
 
-def fake_embed(config: dict, paths: list[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
+def fake_embed(config: dict, paths: list[Path], batch_size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
     """The real decoder (real failure reasons) and fixed 8-d features instead of a backbone."""
     errors = []
     for p in paths:
         try:
-            load_array(str(p), 16)
+            load_array(str(p), 16, max_pixels)
             errors.append("")
         except DecodeError as err:
             errors.append(err.reason)
@@ -115,6 +115,11 @@ def test_submission_refuses_duplicate_ids_before_running_the_backbone(synthetic_
     # The same folder is fine for a plain prediction table: its rows are paths, not ids.
     monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
     assert len(predict(synthetic_run, new, tmp_path / "pred.csv", **QUIET)) == 3
+    # From the cache's test rows (no IMAGES= given) the fix is in TEST=, not in an IMAGES= never passed.
+    with pytest.raises(ValueError, match=r"more than one file in the cached test rows \(TEST=\): gray \(test/gray.jpg, "
+                                         r"test/gray.png\)\. .*run `make extract` again") as err:
+        predict_module._refuse_duplicate_ids([Path("test/gray.jpg"), Path("test/gray.png")], None)
+    assert "IMAGES=." not in str(err.value)
 
 
 def test_submission_leaves_out_files_that_are_not_images_but_keeps_broken_images(synthetic_run, tmp_path,
@@ -194,3 +199,19 @@ def test_verify_takes_the_labels_columns(tmp_path, capsys):
           "--label-col", "dog_breed"])
     printed = capsys.readouterr().out
     assert "fingerprint: matches" in printed and printed.rstrip().endswith("OK"), printed
+
+
+def test_predict_takes_max_pixels_as_extract_does(synthetic_run, tmp_path, monkeypatch):
+    """The "too many pixels … (MAX_PIXELS=)" reason named a setting predict did not have."""
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    image = _png(tmp_path / "new" / "big.png")  # 64 x 48
+    out = heads_cli("predict", "--run", str(synthetic_run), "--images", str(image), "--max-pixels", "3000",
+                    "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 0, out.stderr
+    error = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)["error"][0]
+    assert error == "too many pixels: 64x48 is over the limit of 3,000 (MAX_PIXELS=)"
+    out = heads_cli("predict", "--run", str(synthetic_run), "--images", str(image), "--max-pixels", "3072",
+                    "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 0 and pd.read_csv(tmp_path / "p.csv", keep_default_na=False)["error"][0] == ""
+    with pytest.raises(ValueError, match="MAX_PIXELS=0 must be at least 1 pixel"):
+        predict(synthetic_run, image, max_pixels=0, **QUIET)
