@@ -50,3 +50,12 @@ def test_the_image_installs_without_the_dev_extras():
     assert install_line().endswith("-e '.[dev]'")
     assert install_line("EXTRAS=").endswith("-e '.'")
     assert re.search(r"^\s*&& make setup EXTRAS=$", (REPO / "Dockerfile").read_text(), re.M)
+
+
+def test_the_build_context_leaves_out_what_git_ignores():
+    """`COPY . /app` would otherwise put bench output (hundreds of MB), caches and their parts into the image."""
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    for line in (REPO / ".gitignore").read_text().splitlines():
+        pattern = line.strip().rstrip("/")
+        if pattern and not pattern.startswith("#"):
+            assert pattern in ignored or f"**/{pattern}" in ignored, pattern
