@@ -453,19 +453,21 @@ def _write_saved_model(model: keras.Model, labels: list[str], size: int, path: P
     """
     label_table = tf.constant(labels)
 
-    def outputs(probs):
+    def outputs(images):
+        # An empty batch (a batching server's) gets empty outputs: the folded batch norm cannot take 0 rows.
+        probs = tf.cond(tf.shape(images)[0] > 0, lambda: model(images, training=False),
+                        lambda: tf.zeros((0, len(labels)), tf.float32))
         return {"probabilities": probs, "label": tf.gather(label_table, tf.argmax(probs, axis=-1))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(image_bytes):
-        images = tf.map_fn(lambda b: decode_image_bytes(b, size), image_bytes,
-                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
-        return outputs(model(images, training=False))
+        return outputs(tf.map_fn(lambda b: decode_image_bytes(b, size), image_bytes,
+                                 fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8)))
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")])
     def serve_images(image):
         # a loaded signature does not enforce its declared shape: pixels of another SIZE would be read silently
-        return outputs(model(tf.ensure_shape(image, [None, size, size, 3]), training=False))
+        return outputs(tf.ensure_shape(image, [None, size, size, 3]))
 
     module = tf.Module()
     module.model_variables = [v.value for v in model.variables]

@@ -120,6 +120,9 @@ def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, c
     np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=TOL)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Shape"):  # pixels resized to another SIZE
         served.signatures["serve_images"](image=tf.zeros((1, SIZE + 29, SIZE + 29, 3), tf.uint8))
+    for empty in (served.signatures["serve_images"](image=tf.zeros((0, SIZE, SIZE, 3), tf.uint8)),
+                  served.signatures["serving_default"](image_bytes=tf.constant([], tf.string))):
+        assert empty["probabilities"].shape == (0, len(CLASSES)) and empty["label"].shape == (0,)
 
     encoded = [(folder_data / p).read_bytes() for p in paths]
     by_bytes = served.signatures["serving_default"](image_bytes=tf.constant(encoded))
