@@ -180,9 +180,10 @@ def holdout_rows(y: np.ndarray, fraction: float, seed: int = 0,
     rng = np.random.default_rng(seed)
     held = np.zeros(len(y), bool)
     for c in np.unique(y):
-        images = np.unique(groups[y == c])
+        rows = np.flatnonzero(y == c)
+        images = np.unique(groups[rows])
         n = min(int(round(fraction * len(images))), len(images) - 1)
-        held |= (y == c) & np.isin(groups, rng.permutation(images)[:n])
+        held[rows] = np.isin(groups[rows], rng.permutation(images)[:n])
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
