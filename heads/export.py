@@ -301,7 +301,7 @@ def _decode_jpeg_draft(data: tf.Tensor, size: int) -> tf.Tensor:
 
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
     """Width x height an encoded JPEG, PNG or GIF declares in its header (int64), read before decoding; 0 for
-    other formats (their decoded size is checked instead)."""
+    other formats. Every image's decoded size is checked too (a GIF frame can exceed its declared screen)."""
     b = tf.cast(tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, tf.constant(b"\x00" * 32)]), 0, 32),
                                  tf.uint8), tf.int64)
     be32 = lambda i: ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]  # noqa: E731
@@ -334,8 +334,9 @@ def decode_image_bytes(data: tf.Tensor, size: int) -> tf.Tensor:
     GIF transparency, 16-bit PNG scaling (may differ by one level).
 
     An image of more than ``MAX_PIXELS`` pixels fails (InvalidArgumentError "too many pixels"), as in
-    ``make predict``: for JPEG, PNG and GIF from the header, before anything is decoded (a 140 KB PNG can
-    declare 144 million pixels), for other formats once decoded, before the float copies.
+    ``make predict``: for JPEG and PNG from the header, before anything is decoded (a 140 KB PNG can
+    declare 144 million pixels); for other formats once decoded, before the float copies (a GIF's header
+    gives its screen size, which its frames can exceed: that check is a first filter only).
     """
     with tf.control_dependencies([_within_pixel_limit(_declared_pixels(data))]):
         is_jpeg = tf.io.is_jpeg(data)
@@ -524,6 +525,25 @@ def _tflite_outputs(path: Path, images: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(out["index"])
 
 
+def _previous_export(out_dir: Path) -> list[str]:
+    """What a headswap export wrote into ``out_dir`` (its ``export.json`` lists it), to remove before writing
+    anew. Files of those names that no export wrote (no ``export.json``) are the user's: refused, not replaced."""
+    manifest = out_dir / "export.json"
+    if manifest.is_file():
+        try:
+            listed = json.loads(manifest.read_text()).get("files", {})
+        except (ValueError, AttributeError):
+            listed = None
+        if isinstance(listed, dict):
+            return [name for name in EXPORT_FILES if name == "export.json" or name in listed.values()]
+    clash = [name for name in EXPORT_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if clash:
+        raise ValueError(f"OUT={out_dir} holds {', '.join(clash)} that no headswap export wrote (it has no readable "
+                         f"export.json); export would overwrite them. Choose another OUT= (a new folder), or "
+                         f"remove them first")
+    return []
+
+
 def export_run(
     run: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -552,12 +572,13 @@ def export_run(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"OUT={out_dir} is a file; export writes a folder (labels.json, export.json and the models). "
                          f"Choose a folder, e.g. OUT={out_dir.parent / 'export'}")
+    stale = _previous_export(out_dir)
     exp = build_export_model(run)
     model, size = exp.model, exp.size
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = [name for name in EXPORT_FILES if (out_dir / name).exists()]
     for name in stale:  # an earlier export (maybe of another head) must not stay beside this one
-        shutil.rmtree(out_dir / name) if (out_dir / name).is_dir() else (out_dir / name).unlink()
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
     if stale:
         log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
     files: dict[str, str] = {}

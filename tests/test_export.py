@@ -143,11 +143,24 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
         folder_cache, tmp_path, monkeypatch):
     """Re-exporting into one OUT left the last export's files (maybe another head's) beside the new ones; a
     .tflite the interpreter cannot run (Select TF ops, as a bfloat16 backbone gives) crashed the export and was
-    left behind."""
+    left behind. Files of those names that no export wrote are refused, not deleted."""
     train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
     out = tmp_path / "out"
     (out / "saved_model").mkdir(parents=True)
+    (out / "saved_model" / "saved_model.pb").write_bytes(b"the user's own model")
+    with pytest.raises(ValueError, match="holds saved_model that no headswap export wrote"):
+        export_run(tmp_path / "run", out, formats=("keras",), check=False, **QUIET)
+    assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"the user's own model"
+
+    # An earlier export: its export.json lists what it wrote (saved_model/ a link to a folder kept elsewhere).
+    (out / "saved_model" / "saved_model.pb").unlink()
+    (out / "saved_model").rmdir()
+    (tmp_path / "kept").mkdir()
+    (out / "saved_model").symlink_to(tmp_path / "kept", target_is_directory=True)
     (out / "model.tflite").write_bytes(b"an older head's model")
+    (out / "labels.json").write_text("[]")
+    (out / "export.json").write_text(json.dumps({"files": {"labels": "labels.json", "saved_model": "saved_model",
+                                                           "tflite": "model.tflite"}}))
     (out / "deploy.sh").write_text("# the user's own file")
 
     def unrunnable(self, path, **kwargs):
@@ -157,10 +170,11 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
     logs: list[str] = []
     result = export_run(tmp_path / "run", out, formats=("keras", "tflite"), check=False, log=logs.append)
     assert sorted(p.name for p in out.iterdir()) == ["deploy.sh", "export.json", "labels.json", "model.keras"]
+    assert (tmp_path / "kept").is_dir()  # the link is removed, not the folder it points at
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["files"] == {"labels": "labels.json", "keras": "model.keras"} == result.files
     assert manifest["tflite_error"] and any(m.startswith("TFLite conversion failed, skipped: ") for m in logs)
-    assert any(m.startswith("replaced the previous export in ") and "model.tflite" in m for m in logs)
+    assert any(m.startswith("replaced the previous export in ") and "saved_model, model.tflite" in m for m in logs)
     with pytest.raises(ValueError, match="is a file; export writes a folder"):
         export_run(tmp_path / "run", out / "deploy.sh", **QUIET)
 

@@ -110,6 +110,11 @@ def test_the_bytes_path_refuses_too_many_pixels_as_make_predict_does(monkeypatch
         assert decode_image_bytes(tf.constant(_encoded(photo(60, 50), fmt)), 32).shape == (32, 32, 3)
         with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
             decode_image_bytes(tf.constant(_encoded(photo(61, 50), fmt)), 32)
+    # a GIF whose header declares a 1 x 1 screen around its 61 x 50 frame: refused once decoded
+    gif = bytearray(_encoded(photo(61, 50), "GIF"))
+    gif[6:10] = (1).to_bytes(2, "little") * 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
+        decode_image_bytes(tf.constant(bytes(gif)), 32)
     # a PNG header declaring 100000 x 100000 with nothing behind it: refused before any decoding
     fake = _encoded(photo(60, 50), "PNG")[:16] + (100_000).to_bytes(4, "big") * 2 + b"\x00" * 40
     with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
