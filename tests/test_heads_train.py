@@ -328,6 +328,8 @@ def test_top5_accuracy_counts_ties_against_the_true_class():
     knn = np.array([[0.4, 0.15, 0.15, 0.15, 0.15, 0, 0], [0.4, 0.15, 0.15, 0.15, 0.15, 0, 0]])
     assert evaluate(knn, np.array([4, 6]))["top5_accuracy"] == 0.5  # 5th of five voters: a hit; no vote: none
     assert evaluate(np.array([[0.5, 0.5, 0, 0]]), np.array([3]))["top5_accuracy"] == 1.0  # ≤ 5 classes
+    uniform = evaluate(np.full((2, 10), 0.1), np.array([0, 9]))  # the top-1 label is always a top-5 hit
+    assert uniform["accuracy"] == 0.5 and uniform["top5_accuracy"] == 0.5
     rng = np.random.default_rng(0)
     proba = rng.dirichlet(np.ones(12), size=200)
     y = rng.integers(0, 12, 200)
