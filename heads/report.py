@@ -161,9 +161,10 @@ def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]):
     """scikit-learn's classification_report as a DataFrame: precision, recall, f1-score, support per class.
 
-    A class with no row in ``y_true`` has no recall: its recall and F1 are NaN, its precision is 0 if it was
-    predicted (every such prediction is wrong) else NaN, and the macro average leaves it out (scikit-learn would
-    count it as 0 and pull the average down for classes that were never asked). ``y_true`` is not empty.
+    A class with no row in ``y_true`` has no recall: its recall and F1 are NaN, and its precision is 0 if it was
+    predicted (every such prediction is wrong) else NaN. The macro average is each column's mean over the classes
+    where it is defined (scikit-learn would count an undefined recall as 0 and pull the average down for classes
+    that were never asked; a precision of 0 it measured stays in). ``y_true`` is not empty.
     """
     import pandas as pd  # noqa: PLC0415
     from sklearn.metrics import classification_report  # noqa: PLC0415
@@ -176,6 +177,8 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
     table = pd.DataFrame(report).T
     for i in sorted(set(range(len(class_names))) - set(present.tolist())):
         table.loc[class_names[i]] = [0.0 if (y_pred == i).any() else np.nan, np.nan, np.nan, 0]
+    scores = ["precision", "recall", "f1-score"]
+    table.loc["macro avg", scores] = table.loc[class_names, scores].mean()  # pandas skips the NaN cells
     # sklearn's text report puts accuracy between the classes and the averages
     table.loc["accuracy"] = [np.nan, np.nan, float(np.mean(y_true == y_pred)), len(y_true)]
     table = table.loc[[*class_names, "accuracy", "macro avg", "weighted avg"]]
@@ -260,8 +263,9 @@ def write_report(
         if absent:
             parts.append(f"<p class='muted'>{len(absent)} class{'es have' if len(absent) > 1 else ' has'} no "
                          f"validation image ({e(', '.join(absent[:10]))}{', ...' if len(absent) > 10 else ''}): no "
-                         f"recall or F1, and the macro average leaves {'them' if len(absent) > 1 else 'it'} out. "
-                         f"A precision of 0 means the head predicted the class for images of other classes.</p>")
+                         f"recall or F1, and the macro average of those leaves {'them' if len(absent) > 1 else 'it'} "
+                         f"out. A precision of 0 means the head predicted the class for images of other classes "
+                         f"(the macro precision counts it).</p>")
 
         cm_file = run_dir / "confusion_matrix.png"
         png = cm_file.read_bytes() if cm_file.is_file() else _figure_png(

@@ -170,7 +170,8 @@ def test_a_class_without_val_images_has_no_recall_and_stays_out_of_the_macro_ave
     assert table.loc["e", ["precision", "recall", "f1-score"]].isna().all()
     # macro recall over the classes with val images, counted directly: a 1/2, b 2/3, c 1/1
     assert table.loc["macro avg", "recall"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
-    assert table.loc["macro avg", "precision"] == pytest.approx((1 + 1 + 1 / 2) / 3)
+    # macro precision over the classes that have one: a 1/1, b 2/2, c 1/2, and d 0/1 (predicted, never right)
+    assert table.loc["macro avg", "precision"] == pytest.approx((1 + 1 + 1 / 2 + 0) / 4)
     assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6) and table.loc["accuracy", "support"] == 6
 
 
