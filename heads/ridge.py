@@ -34,9 +34,23 @@ class RidgeHead(Head):
         from sklearn.linear_model import RidgeClassifier  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
+        import warnings  # noqa: PLC0415
+
+        from scipy.linalg import LinAlgWarning  # noqa: PLC0415
+
         X = flat(X)
         scaler = StandardScaler().fit(X)
-        model = RidgeClassifier(alpha=float(self.alpha)).fit(scaler.transform(X), y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LinAlgWarning)
+            model = RidgeClassifier(alpha=float(self.alpha)).fit(scaler.transform(X), y)
+        ill = [w for w in caught if issubclass(w.category, LinAlgWarning)]
+        for w in caught:
+            if not issubclass(w.category, LinAlgWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        # scipy's own warning names a site-packages line; one note says what it means and what to change
+        self.fit_note_ = (f"the least-squares system is ill-conditioned ({str(ill[0].message).rstrip('.')}): many "
+                          f"nearly collinear features for the rows; the fit may be unstable: raise alpha, e.g. "
+                          f"HEAD_ARGS='alpha=10'" if ill else "")
         self.classes_ = model.classes_
         self.mean_, self.scale_ = scaler.mean_, scaler.scale_
         self.coef_, self.intercept_ = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)

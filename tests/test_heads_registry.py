@@ -282,3 +282,15 @@ def test_dense_never_chooses_anything_on_the_validation_split():
     assert "holdout_loss" in plain.history_ and "val_loss" not in plain.history_
     none = create_head("dense", epochs=3, validation_fraction=0).fit(X, y, groups=groups)
     assert none.n_epochs_ == 3 and none.n_holdout_ == 0 and none.fit_note_ == ""
+
+
+def test_ridge_says_in_one_note_when_its_system_is_ill_conditioned(recwarn):
+    """scipy's LinAlgWarning named a site-packages line; the head's fit_note says what to change instead."""
+    X, y = toy(3, per_class=10, d=6)
+    noise = 1e-4 * np.random.default_rng(1).normal(size=(len(X), 1))
+    X = np.column_stack([X, X[:, :1] + noise]).astype(np.float32)  # a near copy of a feature: nearly singular
+    head = create_head("ridge", alpha=1e-12).fit(X, y)
+    assert head.fit_note_.startswith("the least-squares system is ill-conditioned (An ill-conditioned matrix")
+    assert "HEAD_ARGS='alpha=10'" in head.fit_note_
+    assert not [w for w in recwarn if "ill-conditioned" in str(w.message)]
+    assert create_head("ridge").fit(*toy(3)).fit_note_ == ""
