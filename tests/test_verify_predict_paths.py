@@ -215,3 +215,19 @@ def test_predict_takes_max_pixels_as_extract_does(synthetic_run, tmp_path, monke
     assert out.returncode == 0 and pd.read_csv(tmp_path / "p.csv", keep_default_na=False)["error"][0] == ""
     with pytest.raises(ValueError, match="MAX_PIXELS=0 must be at least 1 pixel"):
         predict(synthetic_run, image, max_pixels=0, **QUIET)
+
+
+def test_a_submission_with_zero_probabilities_is_warned_about(synthetic_run, tmp_path, monkeypatch):
+    """knn gives every class outside its vote probability 0: a log-loss submission pays ~34.5 per such miss."""
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    cache = write_cache(tmp_path / "blobs.h5", *blobs(n_per_class=10, d=8), class_names=list(CLASSES))
+    knn_run = train_head("knn", cache, tmp_path / "knn", head_args={"n_neighbors": 1}, plots=False, **QUIET).run_dir
+    images = tmp_path / "new"
+    _png(images / "a.png"), _png(images / "b.png", 1)
+    said: list[str] = []
+    predict(knn_run, images, tmp_path / "sub.csv", submission=True, log=said.append)
+    assert any(m.startswith("WARNING: 2 of 2 submission rows give some class probability 0 (knn); a log-loss")
+               for m in said)
+    said.clear()
+    predict(synthetic_run, images, tmp_path / "sub2.csv", submission=True, log=said.append)
+    assert not any("probability 0" in m for m in said)  # logreg's softmax is never exactly 0
