@@ -186,3 +186,23 @@ def test_per_class_table_in_the_report_has_no_nan(folder_cache, tmp_path):
     row = re.search(r"<th>accuracy</th>(.*?)</tr>", table, re.S).group(1)
     cells = re.findall(r"<td>(.*?)</td>", row)
     assert cells == ["", "", f"{(len(y) - 1) / len(y):.3f}", str(len(y))]
+
+
+def test_a_many_class_confusion_matrix_stays_small_and_the_report_links_it_at_full_size(tmp_path):
+    """At 120 classes the picture was 4,000 pixels square (0.7 GB to save, for every head) and shrunk to the
+    page in report.html, its labels unreadable. Now 0.15 inch per class, and the page links the full image."""
+    from heads.report import plot_confusion
+
+    names = [f"breed_{i:02d}" for i in range(40)]
+    y = np.arange(200) % 40
+    run = tmp_path / "run"
+    run.mkdir()
+    plot_confusion(y, np.roll(y, 1), names, run / "confusion_matrix.png")
+    assert Image.open(run / "confusion_matrix.png").size == (850, 850)  # 0.15 * 40 + 2.5 inches at 100 dpi
+    proba = np.eye(40)[y]
+    page = write_report(run, {"head": "x"}, names, y, proba, [f"{n}.jpg" for n in range(200)]).read_text()
+    assert "open <a href='confusion_matrix.png'>confusion_matrix.png</a> at full size" in page
+    (tmp_path / "few").mkdir()
+    few = write_report(tmp_path / "few", {"head": "x"}, names[:3], y % 3, np.eye(3)[y % 3],
+                       [f"{n}.jpg" for n in range(200)]).read_text()
+    assert "at full size" not in few
