@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import warnings
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -188,20 +188,26 @@ def holdout_rows(y: np.ndarray, fraction: float, seed: int = 0,
 
 
 @contextmanager
-def unconverged_fits() -> Iterator[list[Warning]]:
-    """Collect scikit-learn's ConvergenceWarnings (one per fit that stopped at max_iter) in the yielded list,
-    for a head's one-line ``fit_note_``; any other warning is shown as usual. The list fills on exit."""
-    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
-
-    unconverged: list[Warning] = []
+def collected_warnings(category: type[Warning]) -> Iterator[list[Warning]]:
+    """Collect the warnings of ``category`` raised inside the block in the yielded list (it fills on exit), for a
+    head's one-line ``fit_note_`` instead of scikit-learn's or scipy's own lines; any other warning is shown as
+    usual."""
+    collected: list[Warning] = []
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        yield unconverged
+        warnings.simplefilter("always", category)
+        yield collected
     for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            unconverged.append(w.message)
+        if issubclass(w.category, category):
+            collected.append(w.message)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def unconverged_fits() -> AbstractContextManager[list[Warning]]:
+    """:func:`collected_warnings` of scikit-learn's ConvergenceWarning: one per fit that stopped at max_iter."""
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+
+    return collected_warnings(ConvergenceWarning)
 
 
 def max_iter_note(solver: str, max_iter: int, unconverged: int, fits: int) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from .base import Head, flat, load_arrays, save_arrays, standardized_linear
+from .base import Head, collected_warnings, flat, load_arrays, save_arrays, standardized_linear
 from .registry import Param, register_head
 
 
@@ -34,21 +34,14 @@ class RidgeHead(Head):
         from sklearn.linear_model import RidgeClassifier  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
-        import warnings  # noqa: PLC0415
-
         from scipy.linalg import LinAlgWarning  # noqa: PLC0415
 
         X = flat(X)
         scaler = StandardScaler().fit(X)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", LinAlgWarning)
+        with collected_warnings(LinAlgWarning) as ill:
             model = RidgeClassifier(alpha=float(self.alpha)).fit(scaler.transform(X), y)
-        ill = [w for w in caught if issubclass(w.category, LinAlgWarning)]
-        for w in caught:
-            if not issubclass(w.category, LinAlgWarning):
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         # scipy's own warning names a site-packages line; one note says what it means and what to change
-        self.fit_note_ = (f"the least-squares system is ill-conditioned ({str(ill[0].message).rstrip('.')}): many "
+        self.fit_note_ = (f"the least-squares system is ill-conditioned ({str(ill[0]).rstrip('.')}): many "
                           f"nearly collinear features for the rows; the fit may be unstable: raise alpha, e.g. "
                           f"HEAD_ARGS='alpha=10'" if ill else "")
         self.classes_ = model.classes_
