@@ -776,10 +776,11 @@ def run_extraction(
                     skip_reasons.append(r)
             if ok:
                 rows = [batch[k] for k in ok]
-                stored = np.asarray(feats[ok]).astype(config["dtype"]).reshape(len(ok), -1)
-                zero_rows += int((stored == 0).all(axis=1).sum())
+                # As the cache stores them: parts take half the disk in float16, and all-zero rows are counted
+                stored = np.asarray(feats[ok]).astype(config["dtype"])
+                zero_rows += int((stored.reshape(len(ok), -1) == 0).all(axis=1).sum())
                 writer.write(cache_mod.Batch(
-                    features=feats[ok], label=np.array([v.item.label for v in rows]),
+                    features=stored, label=np.array([v.item.label for v in rows]),
                     path=[v.item.relpath for v in rows], split=[v.item.split for v in rows],
                     round=np.array([v.round for v in rows], np.int16), stamp=[v.item.stamp for v in rows],
                 ))

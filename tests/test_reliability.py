@@ -93,6 +93,7 @@ def test_changed_config_writes_another_file(tmp_path):
 def test_write_failure_is_clear_and_the_rerun_resumes(tmp_path, monkeypatch, count_embedded):
     data = write_class_folders(tmp_path / "d", per_class=8)
     out = tmp_path / "c.h5"
+    half = {**KW, "dtype": "float16"}
     real_savez, calls = np.savez, []
 
     def disk_full_on_third_part(*a, **kw):
@@ -103,19 +104,22 @@ def test_write_failure_is_clear_and_the_rerun_resumes(tmp_path, monkeypatch, cou
 
     monkeypatch.setattr(cache_mod.np, "savez", disk_full_on_third_part)
     with pytest.raises(CacheError, match="No space left on device.*rerun the same command to resume"):
-        extract_features(data, out=out, flush_rows=4, batch_size=4, **KW)
+        extract_features(data, out=out, flush_rows=4, batch_size=4, **half)
     assert not out.exists()
-    assert len(list(cache_mod.parts_dir(out).glob("part-*.npz"))) == 2
+    parts = sorted(cache_mod.parts_dir(out).glob("part-*.npz"))
+    assert len(parts) == 2
+    with np.load(parts[0]) as part:  # parts hold features as the cache will (float16: half the disk of float32)
+        assert part["features"].dtype == np.float16 and len(part["features"]) == 4
     with pytest.raises(CacheError, match="incomplete.*Rerun the same `make extract`"):
         FeatureCache(out)
     monkeypatch.setattr(cache_mod.np, "savez", real_savez)
     count_embedded.clear()
     logs = []
-    extract_features(data, out=out, flush_rows=4, batch_size=4, **{**KW, "log": logs.append})
+    extract_features(data, out=out, flush_rows=4, batch_size=4, **{**half, "log": logs.append})
     assert "resuming: 8 of 24 done" in logs
     assert len(count_embedded) == 16
     assert not cache_mod.parts_dir(out).exists()
-    assert_same_cache(out, extract_features(data, out=tmp_path / "independent" / "fresh.h5", **KW).path)
+    assert_same_cache(out, extract_features(data, out=tmp_path / "independent" / "fresh.h5", **half).path)
 
 
 def test_second_extract_is_refused_while_one_runs_and_a_stale_lock_is_taken_over(tmp_path):
