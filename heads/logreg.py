@@ -22,8 +22,8 @@ class LogisticRegressionHead(Head):
     ----------
     C : inverse regularization strength, or ``"auto"``: stratified 3-fold cross-validation (2 folds
         when a class has only 2 images; an image's augmented rows stay in one fold) picks the C of
-        0.01, 0.1, 1, 10 with the lowest held-out log loss, then fits on all rows. The chosen C is ``C_``; it and the loss per C
-        go into ``selected_params_`` (and so into metrics.json).
+        0.01, 0.1, 1, 10 with the lowest held-out log loss, then fits on all rows. The chosen C is
+        ``C_``; it and the loss per C go into ``selected_params_`` (and so into metrics.json).
     max_iter : lbfgs iterations.
     """
 
