@@ -16,6 +16,10 @@ from extract.cache import FeatureCache
 from .base import load_head
 from .train import RANDOM_WEIGHTS_NOTE, FeatureSource, full_proba
 
+# Cached test rows are read and classified this many at a time: memory stays flat however many there are
+# (at POOLING=none and 299 px a row is 0.8 MB as float32).
+TEST_BLOCK_ROWS = 256
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -74,25 +78,40 @@ def read_run_info(run: Path) -> dict:
     return json.loads(info_file.read_text())
 
 
-def _embed_with(config: dict, paths: list[Path], batch_size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
-    """Features (n, *feature_shape) of the backbone ``config`` describes, and per image '' or why it failed."""
+def _embed_with(config: dict, paths: list[Path], batch_size: int, max_pixels: int,
+                consume: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> list[str]:
+    """Run the backbone ``config`` describes over ``paths``, handing each batch to ``consume(positions, features,
+    ok)`` (``ok``: which rows decoded) as it comes; returns per image '' or why it failed."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     from extract.pipeline import embed, load_backbone  # noqa: PLC0415  (imports TensorFlow)
 
     model = load_backbone(config)
-    feats = np.zeros((len(paths), *model.output_shape[1:]), np.float32)
     errors = [""] * len(paths)
     # A bar on a terminal (tqdm leaves it out when stderr is a file or pipe): 10k images at 299 px take minutes.
     with tqdm(total=len(paths), unit="img", desc=f"predict ({config['backbone']['name']})", disable=None,
               dynamic_ncols=True) as bar:
         for idx, batch, reasons in embed([str(p) for p in paths], model, config["size"], batch_size, max_pixels):
             # Round through the cache dtype so the head sees exactly what it was trained on.
-            feats[idx] = batch.astype(config["dtype"]).astype(np.float32)
+            consume(idx, batch.astype(config["dtype"]).astype(np.float32), np.array([not r for r in reasons]))
             for k, r in zip(idx, reasons):
                 errors[k] = r
             bar.update(len(idx))
-    return feats, errors
+    return errors
+
+
+def _all_features(config: dict, paths: list[Path], batch_size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
+    """Every image's features (n, *feature_shape) at once, for joining caches: each backbone runs over all images
+    before the head can see any."""
+    feats: list[np.ndarray] = []
+
+    def keep(idx, batch, ok):
+        if not feats:
+            feats.append(np.zeros((len(paths), *batch.shape[1:]), np.float32))
+        feats[0][idx] = batch
+
+    errors = _embed_with(config, paths, batch_size, max_pixels, keep)
+    return feats[0], errors
 
 
 def predict(
@@ -140,7 +159,7 @@ def predict(
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
     image_suffixes = _image_suffixes()
     if images is None:
-        paths, feats, errors = _cached_test_rows(run, info)
+        paths, proba, errors = _cached_test_rows(run, info, head)
         source = f"the test rows of RUN={run}'s cache"  # no backbone to spare: ids are checked once, below
     else:
         paths = _image_paths(images)
@@ -149,19 +168,26 @@ def predict(
             raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
         if submission:  # before the backbone runs: files named like images get a row whether they decode or not
             _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], images)
-        errors = [""] * len(paths)
-        parts = []
-        for config in configs:
-            part, reasons = _embed_with(config, paths, batch_size, max_pixels)
-            parts.append(part)
-            errors = [e or r for e, r in zip(errors, reasons)]
-        # One cache: features keep their stored shape; several: flattened and joined in cache order, as in training.
-        feats = parts[0] if len(parts) == 1 else np.concatenate([f.reshape(len(paths), -1) for f in parts], axis=1)
+        proba = np.full((len(paths), len(class_names)), np.nan)
+        if len(configs) == 1:  # the head classifies each batch as it comes: one batch's features in memory
+
+            def classify(idx, batch, ok):
+                if ok.any():  # a head refuses 0 rows
+                    proba[idx[ok]] = full_proba(head, batch[ok], len(class_names))
+
+            errors = _embed_with(configs[0], paths, batch_size, max_pixels, classify)
+        else:
+            errors, parts = [""] * len(paths), []
+            for config in configs:
+                part, reasons = _all_features(config, paths, batch_size, max_pixels)
+                parts.append(part.reshape(len(paths), -1))
+                errors = [e or r for e, r in zip(errors, reasons)]
+            feats = np.concatenate(parts, axis=1)  # flattened and joined in cache order, as in training
+            read = np.array([not e for e in errors], bool)
+            if read.any():  # a head refuses 0 rows; a folder with no readable image still gets its table of errors
+                proba[read] = full_proba(head, feats[read], len(class_names))
     n = len(paths)
     ok = np.array([not e for e in errors], bool)
-    proba = np.full((n, len(class_names)), np.nan)
-    if ok.any():  # a head refuses 0 rows; a folder with no readable image still gets its table of errors
-        proba[ok] = full_proba(head, feats[ok], len(class_names))
     names = np.array(class_names, dtype=object)
     rows = []
     for i, p in enumerate(paths):
@@ -209,9 +235,10 @@ def predict(
     return table
 
 
-def _cached_test_rows(run: Path, info: dict) -> tuple[list[Path], np.ndarray, list[str]]:
+def _cached_test_rows(run: Path, info: dict, head) -> tuple[list[Path], np.ndarray, list[str]]:
     """The test rows of the run's cache(s): their paths (as the cache records them, ``test/...`` for TEST=),
-    features joined as in training, and per row '' or, for a test file the extraction skipped, its reason."""
+    the head's probabilities (read and classified ``TEST_BLOCK_ROWS`` at a time, features joined as in training), and
+    per row '' or, for a test file the extraction skipped, its reason (its probabilities NaN)."""
     files = [Path(f) for f in info.get("feature_files") or []]
     missing = [f for f in files if not f.is_file()]
     if not files or missing:
@@ -230,11 +257,13 @@ def _cached_test_rows(run: Path, info: dict) -> tuple[list[Path], np.ndarray, li
             raise ValueError(f"RUN={run}: its cache {files[0].name} has no test rows; extract them with "
                              f"`make extract … TEST=<folder of test images>` (then every head predicts them in "
                              f"seconds), or pass IMAGES=<folder of test images>")
-        feats = source.features(index)
         # Test files the extraction skipped (DATA/test/... or TEST=, both cached as test/...) keep their row.
         under_test = all(str(p).startswith("test/") for p in paths)
         with FeatureCache(files[0]) as c:
             skipped = [(Path(p), r) for p, r in c.skipped() if under_test and str(p).startswith("test/")]
-    errors = [""] * len(paths) + [r for _, r in skipped]
-    feats = np.concatenate([feats, np.zeros((len(skipped), *feats.shape[1:]), feats.dtype)])
-    return paths + [p for p, _ in skipped], feats, errors
+        n_classes = len(info["class_names"])
+        proba = np.full((len(paths) + len(skipped), n_classes), np.nan)
+        for start in range(0, len(index), TEST_BLOCK_ROWS):
+            block = index[start:start + TEST_BLOCK_ROWS]
+            proba[start:start + len(block)] = full_proba(head, source.features(block), n_classes)
+    return paths + [p for p, _ in skipped], proba, [""] * len(paths) + [r for _, r in skipped]

@@ -16,6 +16,7 @@ from conftest import SIZE, write_class_folders, write_kaggle
 
 from extract import FeatureCache, extract_features
 from heads import load_head, predict, train_head
+from heads.train import full_proba
 
 QUIET = {"log": lambda m: None}
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def kaggle(tmp_path_factory):
 
 
 @pytest.mark.parametrize("head_name,args", [("logreg", {}), ("dense", {"epochs": 20})])
-def test_heads_train_and_predict_matches_the_cached_features(kaggle, tmp_path, head_name, args):
+def test_heads_train_and_predict_matches_the_cached_features(kaggle, tmp_path, head_name, args, monkeypatch):
     images, csv, test, cache = kaggle
     result = train_head(head_name, cache, tmp_path / "run", head_args=args, **QUIET)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -48,7 +49,11 @@ def test_heads_train_and_predict_matches_the_cached_features(kaggle, tmp_path, h
     assert (tmp_path / "run" / "confusion_matrix.png").stat().st_size > 1000
     assert (tmp_path / "run" / "training_curves.png").exists() == (head_name == "dense")
 
-    table = predict(tmp_path / "run", images, tmp_path / "pred.csv", **QUIET)
+    seen = []  # the head classifies each batch as the backbone gives it: predict holds one batch's features
+    monkeypatch.setattr(sys.modules["heads.predict"], "full_proba",
+                        lambda head, X, n: seen.append(len(X)) or full_proba(head, X, n))
+    table = predict(tmp_path / "run", images, tmp_path / "pred.csv", batch_size=5, **QUIET)
+    assert seen == [5, 5, 5, 5, 4]
     with FeatureCache(cache) as c:
         order = {p: i for i, p in enumerate(c.column("path"))}
         X = c.features()
@@ -83,8 +88,12 @@ def test_kaggle_submission_format(kaggle, tmp_path, monkeypatch):
 
     monkeypatch.setattr(PIL.Image, "open", untouchable)
     monkeypatch.setattr(pipeline, "load_backbone", untouchable)
+    seen = []  # read and classified in blocks: memory stays flat however many test rows the cache holds
+    predict_module = sys.modules["heads.predict"]
+    monkeypatch.setattr(predict_module, "TEST_BLOCK_ROWS", 3)
+    monkeypatch.setattr(predict_module, "full_proba", lambda head, X, n: seen.append(len(X)) or full_proba(head, X, n))
     cached = predict(tmp_path / "run", None, tmp_path / "cached.csv", submission=True, **QUIET)
-    assert len(cached) == len(sub) and not cached["error"].any()
+    assert len(cached) == len(sub) == 4 and not cached["error"].any() and seen == [3, 1]
     again = pd.read_csv(tmp_path / "cached.csv").set_index("id").loc[sub["id"]]
     np.testing.assert_allclose(again.to_numpy(), sub.set_index("id").to_numpy(), atol=1e-6)
 

@@ -80,8 +80,8 @@ def synthetic_run(tmp_path_factory) -> Path:
     return train_head("logreg", cache, folder / "runs" / "blobs" / "logreg", plots=False, **QUIET).run_dir
 
 
-def fake_embed(config: dict, paths: list[Path], batch_size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
-    """The real decoder (real failure reasons) and fixed 8-d features instead of a backbone."""
+def fake_embed(config: dict, paths: list[Path], batch_size: int, max_pixels: int, consume) -> list[str]:
+    """The real decoder (real failure reasons) and fixed 8-d features instead of a backbone, in batches."""
     errors = []
     for p in paths:
         try:
@@ -89,7 +89,10 @@ def fake_embed(config: dict, paths: list[Path], batch_size: int, max_pixels: int
             errors.append("")
         except DecodeError as err:
             errors.append(err.reason)
-    return np.ones((len(paths), 8), np.float32), errors
+    for start in range(0, len(paths), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(paths)))
+        consume(idx, np.ones((len(idx), 8), np.float32), np.array([not errors[i] for i in idx]))
+    return errors
 
 
 def _png(path: Path, seed: int = 0) -> Path:
