@@ -47,6 +47,7 @@ from .train import EXPORT_FILES
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
 FORMATS = ("keras", "saved_model", "tflite")
+FORMAT_FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
 # How a linear head with one coef row (two classes) scores its two columns: (first, second) × z.
 _BINARY_COLUMNS = {"softmax": (0.0, 1.0), "softmax-pm": (-1.0, 1.0), "ovr-sigmoid": (0.0, 1.0)}
 CHECK_IMAGES = 8
@@ -490,8 +491,9 @@ def _open_features(files: list[str]):
     return FeatureSource(files)
 
 
-def _check_images(info: dict[str, Any], n: int) -> tuple[list[Path], np.ndarray, str]:
-    """Up to ``n`` cached images that still exist (val rows first) and their cached features."""
+def _check_images(info: dict[str, Any], n: int, usable: Callable[[Path], bool] = lambda p: True,
+                  ) -> tuple[list[Path], np.ndarray, str]:
+    """Up to ``n`` cached images that still exist and are ``usable`` (val rows first), and their cached features."""
     from .report import find_data_root  # noqa: PLC0415
 
     files = info.get("feature_files") or [info.get("features")]
@@ -504,9 +506,14 @@ def _check_images(info: dict[str, Any], n: int) -> tuple[list[Path], np.ndarray,
     with _open_features(files) as source:
         rel = source.column("path") if hasattr(source, "column") else source.path_column
         order = np.concatenate([source.rows(s, "clean") for s in ("val", "train")])
-        chosen = [i for i in order if (root / rel[i]).is_file()][:n]
+        chosen = []
+        for i in order:
+            if len(chosen) == n:
+                break
+            if (root / rel[i]).is_file() and usable(root / rel[i]):
+                chosen.append(i)
         if not chosen:
-            return [], np.zeros(0), f"no cached image is left under {root}"
+            return [], np.zeros(0), f"no cached image is left under {root} that both decoders read"
         chosen = np.sort(chosen)
         return [root / rel[i] for i in chosen], source.features(chosen), ""
 
@@ -561,7 +568,7 @@ def export_run(
     largest probability differences and warns above 1e-3: model vs head (the rebuilt backbone differs), and
     the SavedModel's bytes path vs the Pillow path (served predictions can then differ from ``make predict``'s).
     """
-    from extract.decode import load_array  # noqa: PLC0415
+    from extract.decode import DecodeError, load_array  # noqa: PLC0415
 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -581,12 +588,17 @@ def export_run(
         shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
     if stale:
         log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
+    # Listed before anything is written: an export that stops half-way (an error, a kill) leaves an export.json
+    # naming its files, so the next export replaces them instead of refusing them as the user's.
+    planned = {"labels": "labels.json", **{f: FORMAT_FILES[f] for f in FORMATS if f in formats}}
+    (out_dir / "export.json").write_text(json.dumps(
+        {"files": planned, "incomplete": "this export did not finish; run `make export` again"}, indent=2))
     files: dict[str, str] = {}
     (out_dir / "labels.json").write_text(json.dumps(exp.labels, indent=2))
     files["labels"] = "labels.json"
     if "keras" in formats:
-        model.save(out_dir / "model.keras")
-        files["keras"] = "model.keras"
+        model.save(out_dir / FORMAT_FILES["keras"])
+        files["keras"] = FORMAT_FILES["keras"]
     if "saved_model" in formats:
         _write_saved_model(model, exp.labels, size, out_dir / "saved_model")
         files["saved_model"] = "saved_model"
@@ -609,7 +621,31 @@ def export_run(
 
     checks: dict[str, Any] = {}
     if check:
-        paths, cached, why = _check_images(exp.info, CHECK_IMAGES)
+        left_out: list[str] = []
+
+        def both_decoders_read(path: Path) -> bool:
+            """Pillow (extract's decoder) and TensorFlow's (serving_default's): TIFF, ICO or AVIF were cached but
+            cannot be served as bytes; a file emptied since extraction cannot be checked."""
+            try:
+                load_array(str(path), size)
+            except DecodeError as err:
+                left_out.append(f"{path.name} ({err.reason})")
+                return False
+            try:
+                decode_images([path], size)
+            except (tf.errors.OpError, ValueError) as err:
+                left_out.append(f"{path.name} (serving_default cannot decode it: "
+                                f"{str(err).strip().splitlines()[0][:160]})")
+                return False
+            return True
+
+        paths, cached, why = _check_images(exp.info, CHECK_IMAGES, both_decoders_read)
+        if left_out:
+            checks["left_out"] = left_out
+            log(f"the export's check left out {len(left_out)} cached image{'s' if len(left_out) > 1 else ''} it "
+                f"could not decode: " + "; ".join(left_out[:5]) + ("; ..." if len(left_out) > 5 else "")
+                + ". serving_default decodes JPEG, PNG, GIF, BMP and WebP only: send other formats converted, or "
+                  "their pixels to serve_images")
         if why:
             checks["skipped"] = why
         else:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CLASSES, SIZE
+from conftest import CLASSES, SIZE, write_class_folders
 
 from extract import FeatureCache
 from extract.decode import load_array
@@ -177,6 +177,48 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
     assert any(m.startswith("replaced the previous export in ") and "saved_model, model.tflite" in m for m in logs)
     with pytest.raises(ValueError, match="is a file; export writes a folder"):
         export_run(tmp_path / "run", out / "deploy.sh", **QUIET)
+
+
+def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_is_replaced_next_time(
+        tmp_path, monkeypatch):
+    """A cached TIFF (Pillow reads it, serving_default's TF decoder does not) or an image emptied since extraction
+    crashed the export's check with a traceback, and the half-written export was then refused as the user's."""
+    from PIL import Image
+
+    from extract import extract_features
+
+    data = write_class_folders(tmp_path / "d", per_class=4)
+    for name in ("circle_00", "square_00"):
+        Image.open(data / name.split("_")[0] / f"{name}.png").save(data / name.split("_")[0] / f"{name}.tiff")
+        (data / name.split("_")[0] / f"{name}.png").unlink()
+    cache = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", val=0.5, progress=False,
+                             **QUIET).path
+    train_head("logreg", cache, tmp_path / "run", plots=False, **QUIET)
+    (data / "stripes" / "stripes_01.png").write_bytes(b"")  # emptied since extraction
+    out = tmp_path / "out"
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("heads.export._write_saved_model", crash)
+    with pytest.raises(OSError, match="No space left"):
+        export_run(tmp_path / "run", out, formats=("keras", "saved_model"), **QUIET)
+    assert "incomplete" in json.loads((out / "export.json").read_text())
+    monkeypatch.undo()
+
+    logs: list[str] = []
+    monkeypatch.setattr("heads.export.CHECK_IMAGES", 20)  # every cached image is tried
+    result = export_run(tmp_path / "run", out, formats=("keras",), log=logs.append)  # replaces, does not refuse
+    assert any(m.startswith("replaced the previous export") for m in logs)
+    left_out = sorted(result.checks["left_out"])
+    assert [m.split(" (")[0] for m in left_out] == ["circle_00.tiff", "square_00.tiff", "stripes_01.png"]
+    assert left_out[0].startswith("circle_00.tiff (serving_default cannot decode it: ")
+    assert left_out[2].startswith("stripes_01.png (empty file")
+    assert result.checks["images"] == 12 - 3 and "skipped" not in result.checks
+    assert any(m.startswith(f"the export's check left out {len(left_out)} cached image") and
+               "serving_default decodes JPEG, PNG, GIF, BMP and WebP only" in m for m in logs)
+    manifest = json.loads((out / "export.json").read_text())
+    assert "incomplete" not in manifest and sorted(manifest["checks"]["left_out"]) == left_out
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
