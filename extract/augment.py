@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+# Recorded in an augmented cache's config: views drawn another way must never mix in one cache. 2: each random
+# value a layer draws has its own seed (1 drew a layer's values from one seed: diagonal shifts, aspect-keeping zoom).
+SAMPLER = "keras-layers-2"
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 FILLS = ("nearest", "reflect", "wrap", "constant")
 # key: (allowed range as text, check)
@@ -123,22 +126,27 @@ def make_augmenter(spec: AugmentSpec):
     import tensorflow as tf  # noqa: PLC0415
     from keras.random import SeedGenerator  # noqa: PLC0415
 
-    class _FixedSeed(SeedGenerator):
-        # Keras layers draw their randomness from `seed.next()`; a per-view stateless seed makes
-        # each view depend only on (SEED, path, round), never on batch composition or call order.
-        def __init__(self, value):  # noqa: D107  (no state variable: nothing advances)
+    class _ViewSeed(SeedGenerator):
+        # Keras layers call `seed.next()` once per random value they draw (RandomTranslation: the height shift,
+        # then the width shift; RandomZoom and RandomShear likewise). Each draw gets its own stateless seed, folded
+        # from the view's seed and the draw's number, so a view depends only on (SEED, path, round), never on
+        # batch composition or call order, and a layer's draws are independent (one seed for all of them made
+        # every shift diagonal and every zoom keep the aspect).
+        def __init__(self, value):  # noqa: D107  (no state variable: the draws are counted while tracing)
             self._value = value
+            self._draws = 0
 
         def next(self, ordered=True):
-            return self._value
+            self._draws += 1
+            return tf.random.experimental.stateless_fold_in(self._value, self._draws)
 
     layers = build_layers(spec)
 
     def augment(image, seed):
         x = image[None]
         for i, layer in enumerate(layers):
-            fixed = _FixedSeed(seed + tf.constant([0, 1000003 * (i + 1)], tf.int32))
-            transformation = layer.get_random_transformation(x, training=True, seed=fixed)
+            view_seed = _ViewSeed(seed + tf.constant([0, 1000003 * (i + 1)], tf.int32))
+            transformation = layer.get_random_transformation(x, training=True, seed=view_seed)
             x = layer.transform_images(x, transformation, training=True)
         return tf.clip_by_value(x[0], 0.0, 255.0)
 

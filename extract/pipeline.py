@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import cache as cache_mod
-from .augment import AugmentSpec, make_augmenter, parse_augment, view_seed
+from .augment import SAMPLER, AugmentSpec, make_augmenter, parse_augment, view_seed
 from .backbones import (
     backbone_function,
     build_backbone,
@@ -115,7 +115,8 @@ def augmentation_config(augment: str | None, rounds: int, seed: int) -> dict[str
     if spec.enabled and not rounds:
         raise ValueError(f"AUGMENT={augment} adds augmented views only with ROUNDS=K (K views of every training "
                          f"image besides the clean one): set ROUNDS=1 or more, or leave AUGMENT unset")
-    return {**spec.as_config(), "rounds": rounds if spec.enabled else 0, "seed": int(seed)}
+    sampler = {"sampler": SAMPLER} if spec.enabled else {}  # a cache without augmentation keeps its config
+    return {**spec.as_config(), **sampler, "rounds": rounds if spec.enabled else 0, "seed": int(seed)}
 
 
 def augment_spec(config: dict[str, Any]) -> AugmentSpec:

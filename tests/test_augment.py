@@ -68,6 +68,36 @@ def test_same_seed_same_pixels_across_batch_sizes_and_orders(tmp_path):
     np.testing.assert_array_equal(forward[(path, 0)], clean)
 
 
+def _bright_box(spec: str, box: slice, n: int = 24) -> np.ndarray:
+    """(n, 4): where a white box on black lands in n views: its centre's (x, y) move and its (width, height)."""
+    import tensorflow as tf
+
+    from extract.augment import make_augmenter
+
+    augment = make_augmenter(parse_augment(spec + ",fill=constant"))
+    image = np.zeros((64, 64, 3), np.float32)
+    image[box, box] = 255
+    out = []
+    for k in range(n):
+        view = augment(tf.constant(image), tf.constant(view_seed(0, f"img{k}.png", 1))).numpy()[..., 0] > 127
+        ys, xs = np.nonzero(view)
+        out.append((xs.mean(), ys.mean(), np.ptp(xs) + 1, np.ptp(ys) + 1))
+    return np.array(out)
+
+
+def test_each_value_a_layer_draws_is_random_on_its_own():
+    """ImageDataGenerator(width_shift_range, height_shift_range, zoom_range), which AUGMENT=tutorial stands for,
+    draws each shift and each axis's zoom on its own; one seed for a layer's draws gave dx == dy and kept the
+    aspect."""
+    shift = _bright_box("shift=0.2", slice(30, 34))
+    dx, dy = shift[:, 0] - 31.5, shift[:, 1] - 31.5
+    assert np.abs(dx).max() > 4 and np.abs(dy).max() > 4
+    assert np.abs(dx - dy).max() > 6 and abs(np.corrcoef(dx, dy)[0, 1]) < 0.6
+    zoom = _bright_box("zoom=0.2", slice(12, 52))
+    aspect = zoom[:, 2] / zoom[:, 3]
+    assert np.abs(aspect - 1).max() > 0.1 and abs(np.corrcoef(zoom[:, 2], zoom[:, 3])[0, 1]) < 0.6
+
+
 def test_rows_are_train_times_k_plus_one_plus_val_and_test(tmp_path):
     write_class_folders(tmp_path / "d" / "train", per_class=6)
     write_class_folders(tmp_path / "d" / "test", per_class=1, seed=4)
@@ -80,7 +110,8 @@ def test_rows_are_train_times_k_plus_one_plus_val_and_test(tmp_path):
         assert c.n_rows == n_train * 3 + n_val + n_test and n_test == 3 and n_val > 0
         assert (rnd[split != "train"] == 0).all()
         assert sorted(set(rnd[split == "train"])) == [0, 1, 2]
-        assert c.config["augmentation"] == {"preset": "tutorial", "params": PRESETS["tutorial"], "rounds": 2, "seed": 0}
+        assert c.config["augmentation"] == {"preset": "tutorial", "params": PRESETS["tutorial"],
+                                            "sampler": "keras-layers-2", "rounds": 2, "seed": 0}
         assert not set(paths[split == "train"]) & set(paths[split == "val"])
 
 
