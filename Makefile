@@ -44,7 +44,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA LABELS TEST ID_COL LABEL_COL OUT BACKBONE SIZE POOLING WEIGHTS DTYPE PRECISION"
-	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES WORKERS FLUSH_ROWS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES"
+	@echo "           VAL SEED BATCH MAX_PIXELS OVERWRITE=1 AUGMENT ROUNDS DEVICES WORKERS FLUSH_ROWS | HEAD HEADS FEATURES RUN HEAD_ARGS EPOCHS C BACKBONES CACHE_DIR"
 	@echo "           TRAIN_ROUNDS ASSERT_ACCURACY | IMAGES SUBMISSION=1.  See README.md for each."
 
 $(STAMP): pyproject.toml
@@ -82,13 +82,14 @@ compare-heads: $(STAMP) ## train heads (default: all) on one cache, write compar
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
-compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=]
+compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=] [CACHE_DIR=features_cache]
 	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
 	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,SIZE,--size) --pooling "$(POOLING)" --weights "$(WEIGHTS)" \
-	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) $(call opt,OUT,--out)
+	  --dtype "$(DTYPE)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) $(call opt,OUT,--out) \
+	  $(call opt,CACHE_DIR,--cache-dir)
 
 predict: $(STAMP) ## classify images: RUN=<run dir> [IMAGES=<file or dir>, default: the cache's TEST= rows] [OUT=<csv>] [SUBMISSION=1] [BATCH=] [MAX_PIXELS=]
 	@test -n "$(RUN)" || { echo "error: set RUN=<run dir> (and IMAGES=<file or folder>, or none for the test rows the run's cache holds)"; exit 2; }

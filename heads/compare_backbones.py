@@ -102,7 +102,7 @@ def compare_backbones(
     Writes ``compare_backbones.md`` and ``compare_backbones.png`` into ``out_dir`` (default
     ``runs/<dataset>-backbones/``) with one run folder per backbone, and returns one row per
     backbone: val accuracy, val log loss, extraction images/s (None when the cache was reused
-    and holds no recorded throughput), feature width and cache size on disk.
+    and holds no recorded throughput), feature width, KB of features per image and cache size on disk.
     """
     from extract import extract_features  # noqa: PLC0415  (keeps `import heads` light)
 
@@ -119,6 +119,7 @@ def compare_backbones(
         with FeatureCache(result.path) as c:
             recorded = c.attrs.get(THROUGHPUT_ATTR)
             width = int(np.prod(c.feature_shape))
+            kb_per_image = width * np.dtype(c.config["dtype"]).itemsize / 1e3
             size, dataset = c.config["size"], c.attrs.get("dataset_name") or Path(data).name
         if result.up_to_date:
             status = "cached"
@@ -136,7 +137,8 @@ def compare_backbones(
             "backbone": name, "size": size, "feature_width": width,
             "val_accuracy": m["val_accuracy"], "val_log_loss": m["val_log_loss"],
             "images_per_second": ips, "extraction": status,
-            "cache_mb": result.path.stat().st_size / 1e6, "fit_seconds": m["fit_seconds"], "cache": str(result.path),
+            "kb_per_image": kb_per_image, "cache_mb": result.path.stat().st_size / 1e6, "fit_seconds": m["fit_seconds"],
+            "all_zero_rows": m["all_zero_rows"], "cache": str(result.path),
         })
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +146,13 @@ def compare_backbones(
           "images/s: extraction throughput (decode + backbone + write, backbone build excluded) recorded in the "
           "cache by the run that extracted it, on the machine it ran on. `(cached)`: this run reused the cache "
           "and extracted nothing; `(updated)`: this run resumed it or extracted only added or changed images, "
-          "and the rate is the cache's recorded one (a smaller update keeps the larger run's rate).\n")
+          "and the rate is the cache's recorded one (a smaller update keeps the larger run's rate). KB/image: "
+          "the features stored per image (width × DTYPE), what the cache grows by per image; a small cache's "
+          "file is larger per image (HDF5 stores whole chunks of up to 4 MB).\n")
+    zeros = table[table["all_zero_rows"] > 0]
+    for row in zeros.itertuples():
+        md += (f"\n**{row.backbone}: {row.all_zero_rows:,} training and validation rows have all-zero features; "
+               f"its figures say little (see `make verify FEATURES={row.cache}`).**\n")
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out / "compare_backbones.md").write_text(md)
@@ -152,6 +160,8 @@ def compare_backbones(
         plot_backbones(table, out / "compare_backbones.png",
                        title=f"{head} on {dataset}" + (" (random backbone weights: not meaningful)" if note else ""))
     log("\n" + _text(table))
+    for row in zeros.itertuples():
+        log(f"WARNING: {row.backbone}: {row.all_zero_rows:,} rows have all-zero features; its figures say little")
     if note:
         log(f"NOTE: {RANDOM_WEIGHTS_NOTE}")
     log(f"wrote {out / 'compare_backbones.md'}" + (f" and {out / 'compare_backbones.png'}" if plots else ""))
@@ -169,7 +179,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         "val accuracy": table["val_accuracy"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.4f}"),
         "val log loss": table["val_log_loss"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.4f}"),
         "images/s": [_rate_label(v, status) for v, status in zip(table["images_per_second"], table["extraction"])],
-        "cache MB": table["cache_mb"].map(lambda v: f"{v:,.1f}"),
+        "KB/image": table["kb_per_image"].map(lambda v: f"{v:,.1f}"),
     })
     return shown
 

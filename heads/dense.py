@@ -14,7 +14,7 @@ from .registry import Param, register_head
 class DenseHead(Head):
     """Flatten → Dense(units, relu) → Dropout(dropout1) → Dense(units2, relu) → Dropout(dropout2) → softmax.
 
-    The defaults are the tutorial's: 128 and 128 units, dropout 0.2 and 0.5. ``units2=None``
+    The layer sizes are the tutorial's (128 and 128 units); the dropouts 0.2 and 0.5 are ours. ``units2=None``
     means the same width as ``units``. Adam, categorical cross-entropy, at most ``epochs``.
     Early stopping (``patience``, best weights restored) watches the loss on a holdout of
     ``validation_fraction`` of each class's training images (all views of an image on one side),
@@ -25,7 +25,8 @@ class DenseHead(Head):
     network is built in ``fit``.
 
     ``standardize=True`` (default) puts a Normalization layer, adapted on the training
-    features, in front of the tutorial's layers; ``standardize=False`` is the tutorial's exact net.
+    features, in front of the tutorial's layers; ``standardize=False, dropout1=0, dropout2=0,
+    validation_fraction=0`` is the tutorial's plain net, trained for ``epochs``.
     """
 
     uses_keras = True

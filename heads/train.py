@@ -521,6 +521,15 @@ def train_head(
             log(f"NOTE: {len(unseen)} class{'es have' if len(unseen) > 1 else ' has'} no validation image: "
                 f"{', '.join(unseen[:10])}{', ...' if len(unseen) > 10 else ''}; val accuracy says nothing about "
                 f"{'them' if len(unseen) > 1 else 'it'} (a larger VAL= or another SEED= changes the split)")
+        splits = {"training": data.train, "validation": data.val}
+        zero_rows = {split: int((~part.X.reshape(len(part.X), -1).any(axis=1)).sum())
+                     for split, part in splits.items() if part.X is not None}
+        if any(zero_rows.values()):  # extraction warned once; a reused cache (compare-backbones) must say it again
+            log("WARNING: " + " and ".join(f"{n:,} of the {len(splits[s]):,} {s} rows"
+                                          for s, n in zero_rows.items() if n)
+                + f" of {names} have all-zero features: no head can tell them apart, so this run's figures say "
+                  f"little. `make verify FEATURES=...` lists them; re-extract with DTYPE=float32 if the cache is "
+                  f"float16, and check WEIGHTS= (random weights can give tiny or zero features)")
         validation = (data.val.X, data.val.y) if len(data.val) else None
         train_index = source.rows("train", train_rounds)
         start = time.perf_counter()
@@ -560,6 +569,7 @@ def train_head(
         "predict_ms_per_image": None if predict_ms is None else round(predict_ms, 4),
         "train_rounds": train_rounds,
         "weights": ",".join(kinds),
+        "all_zero_rows": sum(zero_rows.values()),
         "note": RANDOM_WEIGHTS_NOTE if "none" in kinds else "",
     }
     if len(paths) > 1:

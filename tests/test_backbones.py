@@ -281,8 +281,10 @@ def test_compare_backbones_extracts_each_once_then_reuses_the_caches(folder_data
         assert metrics["features"] == row.cache and metrics["val_accuracy"] == row.val_accuracy
         assert metrics["val_log_loss"] == row.val_log_loss
         assert row.cache_mb == pytest.approx(Path(row.cache).stat().st_size / 1e6)
+        assert row.kb_per_image == 2048 * 4 / 1e3 and row.all_zero_rows == metrics["all_zero_rows"] == 0
     md = (tmp_path / "out" / "compare_backbones.md").read_text()
     assert "| xception" in md and "| inceptionv3" in md and "not meaningful" in md
+    assert "KB/image" in md and "8.2 |" in md and "all-zero" not in md
     assert (tmp_path / "out" / "compare_backbones.png").stat().st_size > 0
 
     def no_backbone(config):
@@ -296,6 +298,23 @@ def test_compare_backbones_extracts_each_once_then_reuses_the_caches(folder_data
     assert list(again["cache"]) == list(table["cache"])[::-1]
     assert list(again["val_accuracy"]) == list(table["val_accuracy"])[::-1]
     assert "cached" in (tmp_path / "out" / "compare_backbones.md").read_text()
+
+    # A reused cache whose rows are all-zero features (MobileNetV2 with random weights gave them) is flagged.
+    import heads.compare_backbones as cb
+
+    real = cb.train_head
+
+    def zero_rows_in_xception(head, cache, *args, **kwargs):
+        result = real(head, cache, *args, **kwargs)
+        result.metrics["all_zero_rows"] = 24 if "xception" in Path(cache).name else 0
+        return result
+
+    monkeypatch.setattr(cb, "train_head", zero_rows_in_xception)
+    said: list[str] = []
+    compare_backbones(folder_data, ["inceptionv3", "xception"], "logreg", **{**kw, "log": said.append})
+    md = (tmp_path / "out" / "compare_backbones.md").read_text()
+    assert "**xception: 24 training and validation rows have all-zero features" in md and "inceptionv3:" not in md
+    assert "WARNING: xception: 24 rows have all-zero features; its figures say little" in said
 
 
 def test_compare_backbones_refuses_bad_settings_before_any_work(folder_data, tmp_path):

@@ -334,3 +334,18 @@ def test_top5_accuracy_counts_ties_against_the_true_class():
     proba = rng.dirichlet(np.ones(12), size=200)
     y = rng.integers(0, 12, 200)
     assert evaluate(proba, y)["top5_accuracy"] == top_k_accuracy_score(y, proba, k=5, labels=np.arange(12))
+
+
+def test_all_zero_feature_rows_are_warned_about_at_training(tmp_path):
+    """Extraction warns once; a cache reused later (compare-backbones) trained and tabulated without a word."""
+    X, y, split = blobs(n_per_class=20, d=8)
+    X[:7] = 0  # 7 rows of class 0: rows 0 and 5 are val, the other 5 train
+    cache = write_cache(tmp_path / "zeros.h5", X, y, split)
+    said: list[str] = []
+    result = train_head("logreg", cache, tmp_path / "run", plots=False, log=said.append)
+    assert any(m.startswith("WARNING: 5 of the 48 training rows and 2 of the 12 validation rows of ") and
+               "have all-zero features" in m and "make verify" in m for m in said), said
+    assert result.metrics["all_zero_rows"] == 7
+    clean = train_head("logreg", write_cache(tmp_path / "ok.h5", *blobs(n_per_class=20, d=8)), tmp_path / "ok",
+                       plots=False, log=said.append)
+    assert clean.metrics["all_zero_rows"] == 0 and sum("all-zero" in m for m in said) == 1
