@@ -20,6 +20,7 @@ from .train import (
     accuracy_failures,
     check_threshold,
     feature_paths,
+    scored_on,
     train_head,
 )
 
@@ -116,7 +117,7 @@ def compare_heads(
     plot_comparison(table[~table["head"].isin(list(skipped))], out_dir / "compare.png",
                     title=f"heads on {stem}" + (f"\n{RANDOM_WEIGHTS_NOTE}" if note else ""))
     cells = table.astype(object).where(table.notna(), None)  # tabulate writes n/a only for None
-    md = (f"# Heads on `{', '.join(p.name for p in paths)}`\n\n"
+    md = (f"# Heads on `{', '.join(p.name for p in paths)}`\n\n{scored_on(metrics[0])}\n\n"
           + cells.to_markdown(index=False, floatfmt=".4f", missingval="n/a")
           + "\n\n![val accuracy and log loss per head](compare.png)\n"
           + "\nPredict ms per image: `predict_proba` on the val rows, from cached features (no backbone), "

@@ -20,7 +20,7 @@ from extract.backbones import BackboneSpec, WeightsUnavailableError, get_backbon
 from extract.cache import DEFAULT_DIR, FeatureCache, parts_dir
 
 from .registry import create_head
-from .train import RANDOM_WEIGHTS_NOTE, train_head
+from .train import RANDOM_WEIGHTS_NOTE, scored_on, train_head
 
 THROUGHPUT_ATTR = "images_per_second"  # read from the cache when the pipeline records it
 
@@ -132,7 +132,7 @@ def compare_backbones(
             out = Path("runs") / f"{_safe(dataset)}-backbones"
         m = train_head(head, result.path, out / name, head_args=head_args, cache_dir=cache_dir, plots=plots,
                        log=log).metrics
-        note = note or m["note"]
+        note, scored = note or m["note"], scored_on(m)
         rows.append({
             "backbone": name, "size": size, "feature_width": width,
             "val_accuracy": m["val_accuracy"], "val_log_loss": m["val_log_loss"],
@@ -142,7 +142,8 @@ def compare_backbones(
         })
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    md = (f"# Backbones on `{dataset}`, head `{head}`\n\n" + _markdown(table) + "\n\n"
+    md = (f"# Backbones on `{dataset}`, head `{head}`\n\n{scored} Every backbone: the same images and split.\n\n"
+          + _markdown(table) + "\n\n"
           "images/s: extraction throughput (decode + backbone + write, backbone build excluded) recorded in the "
           "cache by the run that extracted it, on the machine it ran on. `(cached)`: this run reused the cache "
           "and extracted nothing; `(updated)`: this run resumed it or extracted only added or changed images, "

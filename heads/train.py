@@ -303,6 +303,15 @@ def _check_finite(X: np.ndarray, where: str, features: str) -> None:
                          f"re-extract it (`make verify` shows where)")
 
 
+def scored_on(metrics: dict[str, Any]) -> str:
+    """One line for a comparison table: what every row was trained and scored on, and what one val image is worth."""
+    n_val, rounds = metrics["n_val"], metrics.get("train_rounds", "all")
+    worth = f"; one image is {100 / n_val:.1f} points of accuracy" if n_val else ""
+    return (f"Trained on {metrics['n_train']:,} rows (TRAIN_ROUNDS={rounds}: "
+            + ("every view" if rounds == "all" else "the clean view") + " of each training image), scored on "
+            f"{n_val:,} validation images (clean views){worth}.")
+
+
 def read_splits(source: FeatureSource, train_rounds: str = "all", *, load_train: bool = True) -> CacheData:
     """The rows a head needs from an open source; validation and test use the clean view (round 0) only."""
     if train_rounds not in TRAIN_ROUNDS:

@@ -6,6 +6,7 @@ Every network is built once per test at the smallest input Keras allows, with ra
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,7 @@ def test_compare_backbones_extracts_each_once_then_reuses_the_caches(folder_data
     md = (tmp_path / "out" / "compare_backbones.md").read_text()
     assert "| xception" in md and "| inceptionv3" in md and "not meaningful" in md
     assert "KB/image" in md and "8.2 |" in md and "all-zero" not in md
+    assert re.search(r"Trained on \d+ rows .*, scored on \d+ validation images .* Every backbone: the same images", md)
     assert (tmp_path / "out" / "compare_backbones.png").stat().st_size > 0
 
     def no_backbone(config):

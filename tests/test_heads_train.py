@@ -242,6 +242,9 @@ def test_compare_md_reports_test_accuracy_when_test_is_labelled(tmp_path):
     assert table["test_accuracy"].notna().all() and (table["test_accuracy"] >= 0.9).all()
     rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| logreg")]
     assert len(rows) == 1 and "n/a" not in rows[0]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert ("Trained on 41 rows (TRAIN_ROUNDS=all: every view of each training image), scored on 10 validation "
+            "images (clean views); one image is 10.0 points of accuracy.") in md
 
 
 def test_streaming_heads_refuse_nan_training_rows_with_the_cache_message(folder_cache, tmp_path):
