@@ -8,7 +8,7 @@ import sys
 from extract.cli_util import MakeVariableParser, none_or_str, run_cli
 
 from .registry import list_heads
-from .train import EXIT_ACCURACY
+from .train import EXIT_ACCURACY, TRAIN_ROUNDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-args", default="", help="e.g. 'C=0.5 max_iter=500'")
     t.add_argument("--epochs", type=int, default=None, help="dense head: maximum epochs")
     t.add_argument("--c", type=none_or_str, default=None, help="logreg: inverse regularization strength, or auto")
-    t.add_argument("--train-rounds", default="all", choices=["all", "clean"])
+    t.add_argument("--train-rounds", default="all", choices=list(TRAIN_ROUNDS))
     t.add_argument("--cache-dir", default="features_cache")
     t.add_argument("--data-root", type=none_or_str,
                    help="image folder for report.html thumbnails (default: the one the cache records)")
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", type=none_or_str)
     c.add_argument("--heads", type=none_or_str, help="comma-separated (default: all)")
     c.add_argument("--out", type=none_or_str, help="folder for compare.md and the runs")
-    c.add_argument("--train-rounds", default="all", choices=["all", "clean"])
+    c.add_argument("--train-rounds", default="all", choices=list(TRAIN_ROUNDS))
     c.add_argument("--cache-dir", default="features_cache")
     c.add_argument("--assert-accuracy", type=float, default=None,
                    help=f"exit with code {EXIT_ACCURACY} when any head's val accuracy is below this fraction")

@@ -27,7 +27,9 @@ from .registry import canonical_head, create_head, head_params
 from .report import find_data_root
 
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
-TRAIN_ROUNDS = ("all", "clean")
+# all: every view of each training image; clean: round 0 only; augmented: the augmented views only (as features
+# extracted once through an augmenting ImageDataGenerator, the tutorial's way)
+TRAIN_ROUNDS = ("all", "clean", "augmented")
 EXIT_ACCURACY = 3  # the CLI's exit code when ASSERT_ACCURACY fails
 # What train_head writes into a run folder, and export/ (`make export`'s default OUT): a retrain replaces them all.
 RUN_OUTPUTS = ("head", "metrics.json", "run.json", "confusion_matrix.png", "training_curves.png", "report.html")
@@ -265,10 +267,13 @@ class FeatureSource:
             c.close()
 
     def rows(self, split: str, rounds: str = "all", labelled: bool = False) -> np.ndarray:
-        """Row indices (of the first cache) in ``split``; ``rounds='clean'`` keeps round 0 only."""
+        """Row indices (of the first cache) in ``split``; ``rounds='clean'`` keeps round 0 only, ``'augmented'``
+        the other rounds."""
         mask = self.split == split
         if rounds == "clean":
             mask &= self.round == 0
+        elif rounds == "augmented":
+            mask &= self.round > 0
         if labelled:
             mask &= self.labels >= 0
         return np.flatnonzero(mask)
@@ -308,7 +313,8 @@ def scored_on(metrics: dict[str, Any]) -> str:
     n_val, rounds = metrics["n_val"], metrics.get("train_rounds", "all")
     worth = f"; one image is {100 / n_val:.1f} points of accuracy" if n_val else ""
     return (f"Trained on {metrics['n_train']:,} rows (TRAIN_ROUNDS={rounds}: "
-            + ("every view" if rounds == "all" else "the clean view") + " of each training image), scored on "
+            + {"all": "every view", "clean": "the clean view"}.get(rounds, "the augmented views")
+            + " of each training image), scored on "
             f"{n_val:,} validation images (clean views){worth}.")
 
 
@@ -329,6 +335,9 @@ def read_splits(source: FeatureSource, train_rounds: str = "all", *, load_train:
                      take("train", train_rounds, load=load_train), take("val", "clean"),
                      take("test", "clean", labelled=True), list(source.paths), source.configs)
     if len(data.train) == 0:
+        if train_rounds == "augmented" and len(source.rows("train")):
+            raise CacheError(f"{names} has no augmented training rows for TRAIN_ROUNDS=augmented: extract with "
+                             f"AUGMENT=<preset> ROUNDS=K, or train on TRAIN_ROUNDS=all or clean")
         raise CacheError(f"{names} has no training rows")
     return data
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from extract import FeatureCache, extract_features, pipeline
 from extract.augment import PRESETS, parse_augment, view_seed
+from extract.cache import CacheError
 from extract.discover import discover
 
 QUIET = {"progress": False, "log": lambda m: None}
@@ -160,7 +161,7 @@ def test_a_sibling_with_other_rounds_is_reused_only_for_the_same_folder_and_neve
     assert any("reusing the rows of" in m for m in logs)  # same folder, no OVERWRITE: reused as before
 
 
-def test_heads_use_all_rounds_or_clean_only(tmp_path, monkeypatch):
+def test_heads_use_all_rounds_clean_or_augmented_only(tmp_path, monkeypatch):
     import heads.logreg
     from heads import train_head
 
@@ -172,8 +173,16 @@ def test_heads_use_all_rounds_or_clean_only(tmp_path, monkeypatch):
     monkeypatch.setattr(heads.logreg, "cv_folds", lambda *a, **k: seen.append(k["groups"]) or real(*a, **k))
     all_rows = train_head("logreg", cache, tmp_path / "a", head_args={"C": "auto"}, log=lambda m: None).metrics
     clean = train_head("logreg", cache, tmp_path / "b", train_rounds="clean", log=lambda m: None).metrics
-    assert all_rows["n_train"] == 3 * clean["n_train"]
-    assert all_rows["n_val"] == clean["n_val"] > 0
+    augmented = train_head("logreg", cache, tmp_path / "c", train_rounds="augmented", log=lambda m: None).metrics
+    assert all_rows["n_train"] == 3 * clean["n_train"] and augmented["n_train"] == 2 * clean["n_train"]
+    assert all_rows["n_val"] == clean["n_val"] == augmented["n_val"] > 0
+    with FeatureCache(cache) as c:  # the augmented views only: the tutorial extracted through its generator
+        train = (c.column("split") == "train")
+        assert (c.column("round")[train] > 0).sum() == augmented["n_train"]
+    plain = extract_features(data, out=tmp_path / "plain.h5", size=SIZE, weights="none", **QUIET).path
+    with pytest.raises(CacheError, match="has no augmented training rows for TRAIN_ROUNDS=augmented: extract with "
+                                         "AUGMENT=<preset> ROUNDS=K"):
+        train_head("logreg", plain, tmp_path / "d", train_rounds="augmented", log=lambda m: None)
     # C=auto's folds are told which image each row is a view of (3 rows per training image)
     with FeatureCache(cache) as c:
         train_paths = c.column("path")[c.column("split") == "train"]
