@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .augment import parse_augment, view_seed
 from .cli_util import MakeVariableParser, run_cli
+from .decode import DecodeError, load_array
 from .discover import TRAIN, discover
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
 
 
 def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4,
                     out: str | Path = "augment_preview.png",
                     *, labels: str | Path | None = None, id_col: str | None = None, label_col: str | None = None,
-                    n_images: int = 6, size: int = 160, seed: int = 0, val: float = 0.2) -> Path:
+                    n_images: int = 6, size: int = 160, seed: int = 0, val: float = 0.2,
+                    log: Callable[[str], None] = _log) -> Path:
     """Draw ``n_images`` training images (rows) with the clean view and ``rounds`` augmented views (columns).
 
     The views are exactly those extraction would cache: same layers, same per-view seeds. The rows take
@@ -24,7 +33,25 @@ def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4
 
     spec = parse_augment(augment)
     found = discover(data, labels=labels, val=val, seed=seed, id_col=id_col, label_col=label_col)
-    picks = pick_by_class([it for it in found.items if it.split == TRAIN], n_images)
+    candidates, left_out = [it for it in found.items if it.split == TRAIN], []
+    while True:  # a file that does not decode (extraction skips it) would show as black tiles: pick another
+        picks = pick_by_class(candidates, n_images)
+        failed = []
+        for it in picks:
+            try:
+                load_array(it.abspath, size)
+            except DecodeError as err:
+                failed.append(it)
+                left_out.append(f"{it.relpath} ({err.reason})")
+        if not failed:
+            break
+        candidates = [it for it in candidates if it not in failed]
+    if left_out:
+        log(f"left out {len(left_out)} training file{'s that do' if len(left_out) > 1 else ' that does'} not decode "
+            f"(extraction skips {'them' if len(left_out) > 1 else 'it'} too): " + "; ".join(left_out[:5])
+            + ("; ..." if len(left_out) > 5 else ""))
+    if not picks:
+        raise ValueError(f"DATA={data} has no training image that decodes: nothing to preview")
     views = [(it, r) for it in picks for r in range(rounds + 1)]
     seeds = np.stack([view_seed(seed, it.relpath, r) for it, r in views])
     ds = image_dataset([it.abspath for it, _ in views], size, batch_size=len(views), augment=spec,

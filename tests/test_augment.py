@@ -205,6 +205,21 @@ def test_preview_png_has_the_expected_grid(tmp_path):
     assert (width, height) == (int(1.6 * 4 * 100), int(1.7 * 4 * 100))
 
 
+def test_preview_picks_another_image_for_one_that_does_not_decode(tmp_path, monkeypatch):
+    """An undecodable training file was drawn as a row of black tiles, without a word."""
+    from extract.preview import preview_augment
+
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    (data / "circle" / "circle_00.png").write_bytes(b"cut short")
+    drawn, said = [], []
+    real = pipeline.image_dataset
+    monkeypatch.setattr(pipeline, "image_dataset", lambda paths, *a, **k: drawn.extend(paths) or real(paths, *a, **k))
+    preview_augment(data, "epiuse", rounds=1, out=tmp_path / "p.png", n_images=6, val=0.0, log=said.append)
+    assert len(set(drawn)) == 5 and not any(p.endswith("circle_00.png") for p in drawn)
+    assert said == ["left out 1 training file that does not decode (extraction skips it too): "
+                    "circle/circle_00.png (not an image: unknown format)"]
+
+
 def test_preview_shows_every_class_and_takes_the_labels_columns(tmp_path):
     """It showed 6 images of 2 of 4 breeds (evenly spaced through a class-sorted list) and ignored ID_COL."""
     from types import SimpleNamespace
