@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "predict":
             table = predict(args.run, args.images, args.out, submission=args.submission, batch_size=args.batch,
                             max_pixels=args.max_pixels)
+            if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 is shown escaped, as on stderr
+                sys.stdout.reconfigure(errors="backslashreplace")
             with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))
 
     run_cli(go)

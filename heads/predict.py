@@ -67,6 +67,18 @@ def _refuse_duplicate_ids(paths: list[Path], images: Path | None) -> None:
     )
 
 
+def _write_csv(frame: pd.DataFrame, out: Path) -> None:
+    """``frame`` as CSV at ``out``, through a temporary file beside it: a write that fails (a full disk) leaves no
+    truncated CSV, only what was there before. File names that are not UTF-8 are written as their bytes
+    (surrogateescape), as the cache stores them, so the paths in the CSV open the files."""
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        frame.to_csv(tmp, index=False, errors="surrogateescape")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_run_info(run: Path) -> dict:
     """``run/run.json``; a folder that is not a run gets a FileNotFoundError saying what to pass instead."""
     info_file = run / "run.json"
@@ -228,9 +240,9 @@ def predict(
                     f"a log-loss metric such as Kaggle's clips it to 1e-15, so each such image whose true class got 0 "
                     f"costs about 34.5. A calibrated head (logreg, dense) suits a log-loss submission")
             sub.insert(0, "id", [p.stem for p, k in zip(paths, keep) if k])
-            sub.to_csv(out, index=False)
+            _write_csv(sub, out)
         else:
-            table.to_csv(out, index=False)
+            _write_csv(table, out)
         log(f"wrote {out}")
     return table
 

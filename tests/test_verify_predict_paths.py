@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
 import subprocess
@@ -234,3 +236,46 @@ def test_a_submission_with_zero_probabilities_is_warned_about(synthetic_run, tmp
     said.clear()
     predict(synthetic_run, images, tmp_path / "sub2.csv", submission=True, log=said.append)
     assert not any("probability 0" in m for m in said)  # logreg's softmax is never exactly 0
+
+
+def test_predict_writes_non_utf8_file_names_byte_exact_and_its_csv_atomically(synthetic_run, tmp_path, monkeypatch):
+    """A file name that is not UTF-8 (x_\\xe9.png) stopped `make predict` at to_csv after the backbone had run
+    ("surrogates not allowed"), leaving a CSV cut short before that file's row."""
+    new = tmp_path / "new"
+    for i, name in enumerate((b"a.png", b"x_\xe9.png", b"z.png")):
+        _png(new / os.fsdecode(name), i)
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    predict(synthetic_run, new, tmp_path / "pred.csv", **QUIET)
+    written = pd.read_csv(tmp_path / "pred.csv", encoding_errors="surrogateescape", keep_default_na=False)
+    assert [os.fsencode(Path(p).name) for p in written["path"]] == [b"a.png", b"x_\xe9.png", b"z.png"]
+    assert all(Path(p).is_file() for p in written["path"]) and (written["error"] == "").all()
+    predict(synthetic_run, new, tmp_path / "sub.csv", submission=True, **QUIET)
+    assert (tmp_path / "sub.csv").read_bytes().splitlines()[2].startswith(b"x_\xe9,")
+
+    # A write that fails half-way leaves the CSV as it was, and no temporary file beside it.
+    real_to_csv = pd.DataFrame.to_csv
+
+    def disk_full(frame, path, **kwargs):
+        real_to_csv(frame.iloc[:1], path, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    for out, submission in (("pred.csv", False), ("sub.csv", True)):
+        before = (tmp_path / out).read_bytes()
+        with pytest.raises(OSError, match="No space left"):
+            predict(synthetic_run, new, tmp_path / out, submission=submission, **QUIET)
+        assert (tmp_path / out).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "pred.csv", "sub.csv"]
+
+
+def test_predict_prints_a_non_utf8_file_name_escaped(synthetic_run, tmp_path, monkeypatch):
+    """With a strict UTF-8 stdout (an en_US.UTF-8 terminal), printing the table failed after the CSV was written."""
+    from heads.__main__ import main
+
+    _png(tmp_path / "new" / os.fsdecode(b"x_\xe9.png"))
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    main(["predict", "--run", str(synthetic_run), "--images", str(tmp_path / "new")])
+    stdout.flush()
+    assert b"x_\\udce9.png" in stdout.buffer.getvalue()
