@@ -183,6 +183,8 @@ def _class_folder_items(root: Path, class_names: list[str] | None, prefix: str =
     with_files = {Path(rel).parts[0] for rel in tree.files if len(Path(rel).parts) > 1}
     empty = [f for f in top if f not in with_files]
     classes = class_names or [f for f in top if f in with_files]
+    if class_names is None:
+        _refuse_non_utf8_classes(root, classes)
     index = {c: i for i, c in enumerate(classes)}
     rows, skipped = [], tree.skips(prefix)
     for rel in tree.files:
@@ -201,6 +203,28 @@ def _class_folder_items(root: Path, class_names: list[str] | None, prefix: str =
         else:
             rows.append((shown, str(root / rel), index[parts[0]]))
     return rows, sorted(skipped, key=lambda sk: sk.relpath), classes, empty
+
+
+def _refuse_non_utf8_classes(root: Path, classes: list[str]) -> None:
+    """Class names are encoded as UTF-8 in the cache's fingerprint, training's plots, the reports and a submission's
+    header: a class folder whose name is not UTF-8 (listed with its bytes surrogate-escaped) is refused before any
+    work, naming it, instead of stopping at the first of those. File names that are not UTF-8 are cached byte-exact."""
+    bad = []
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(name))
+    if not bad:
+        return
+    many = len(bad) > 1
+    shown = ", ".join(f"{b.decode('utf-8', 'backslashreplace')}/" for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    has = "have names that are" if many else "has a name that is"
+    raise DataError(
+        f"class folder{'s' if many else ''} {shown} in {root} {has} not UTF-8 (bytes shown escaped); class names "
+        f"must be UTF-8 (they go into the cache, plots, reports and submission header): rename "
+        f"{'them' if many else 'it'} (e.g. to {bad[0].decode('latin-1')}/, its bytes read as Latin-1)."
+    )
 
 
 def _empty_class_note(folder: str, test: bool = False) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -216,3 +217,31 @@ def test_test_equal_to_the_auto_detected_test_folder_is_refused(tmp_path):
         discover(data, test=data / "test")
     with pytest.raises(DataError, match=rf"^TEST={data / 'train'} is inside DATA={data}, which has train/ and test/"):
         discover(data, test=data / "train")
+
+
+# 6. class folder names that are not UTF-8
+
+
+def test_a_class_folder_not_named_in_utf8_is_refused_naming_it(tmp_path):
+    """It stopped `make extract` with "'utf-8' codec can't encode character '\\udce9' in position 3: surrogates not
+    allowed", naming nothing; its name would also go into run.json, the reports and a submission's header."""
+    data = write_class_folders(tmp_path / "shapes", per_class=2)
+    (data / "circle").rename(data / os.fsdecode(b"caf\xe9"))
+    with pytest.raises(DataError, match=re.escape(
+            f"class folder caf\\xe9/ in {data} has a name that is not UTF-8 (bytes shown escaped); class names must "
+            f"be UTF-8 (they go into the cache, plots, reports and submission header): rename it (e.g. to café/, its "
+            f"bytes read as Latin-1).")):
+        discover(data)
+    # The same under DATA/train; an empty one is no class (a note), and a file so named is cached as before.
+    (data / os.fsdecode(b"caf\xe9")).rename(data / "circle")
+    (data / os.fsdecode(b"na\xefve")).mkdir()
+    (data / "circle" / os.fsdecode(b"caf\xe9.png")).write_bytes((data / "circle" / "circle_00.png").read_bytes())
+    found = discover(data)
+    assert found.class_names == list(CLASSES) and os.fsdecode(b"circle/caf\xe9.png") in {i.relpath for i in found.items}
+    assert len(found.fingerprint()) == 64
+    shutil.move(data, tmp_path / "tt" / "train")
+    write_class_folders(tmp_path / "tt" / "test", per_class=1)
+    for split in ("train", "test"):
+        (tmp_path / "tt" / split / "stripes").rename(tmp_path / "tt" / split / os.fsdecode(b"str\xefpes"))
+    with pytest.raises(DataError, match=r"^class folder str\\xefpes/ in .*train has a name that is not UTF-8"):
+        discover(tmp_path / "tt")
