@@ -367,8 +367,8 @@ def _csv_items(
     ids = table[id_col].str.strip()
     labels = table[label_col].str.strip()
     # Before the duplicate check: two `,` lines would otherwise be reported as a duplicated (empty) id.
-    empty_cells = _empty_cells_error(labels_csv, ids, labels, id_col, label_col,
-                                     _row_lines(labels_csv, sep, len(table)))
+    line_of = _row_lines(labels_csv, sep, len(table))
+    empty_cells = _empty_cells_error(labels_csv, ids, labels, id_col, label_col, line_of)
     if empty_cells:
         raise empty_cells
     dup = ids[ids.duplicated()].unique()
@@ -385,8 +385,9 @@ def _csv_items(
         by_stem.setdefault(os.path.splitext(f)[0], f)
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    rows, missing, used = [], [], set()
-    for image_id, label in zip(ids, labels):
+    rows, missing, again = [], [], []
+    used: dict[str, tuple[str, int]] = {}  # image -> the id naming it and its line
+    for k, (image_id, label) in enumerate(zip(ids, labels)):
         # Checked on the id's text, not on the resolved path: a symlink inside DATA may point elsewhere.
         norm = os.path.normpath(image_id)
         if os.path.isabs(image_id) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
@@ -395,8 +396,20 @@ def _csv_items(
         if rel is None:
             missing.append(image_id)
             continue
-        used.add(rel)
+        line = line_of[k] if line_of else k + 2  # without a reliable line map, as in _empty_cells_error
+        if rel in used:  # img00 and img00.jpg: two ids, one image
+            again.append((*used[rel], image_id, line, rel))
+            continue
+        used[rel] = (image_id, line)
         rows.append((rel, str(root / rel), index[label]))
+    if again:
+        first, first_line, other, other_line, rel = again[0]
+        n = len({image for *_, image in again})
+        raise DataError(
+            f"{n} image{'s appear' if n > 1 else ' appears'} more than once in {labels_csv.name} "
+            f"under different ids{', e.g.' if n > 1 else ':'} {first} (line {first_line}) and {other} "
+            f"(line {other_line}) are both {rel}. Keep one row per image."
+        )
     if missing:
         below = _found_below(files, missing)
         if below is None:

@@ -245,3 +245,23 @@ def test_a_class_folder_not_named_in_utf8_is_refused_naming_it(tmp_path):
         (tmp_path / "tt" / split / "stripes").rename(tmp_path / "tt" / split / os.fsdecode(b"str\xefpes"))
     with pytest.raises(DataError, match=r"^class folder str\\xefpes/ in .*train has a name that is not UTF-8"):
         discover(tmp_path / "tt")
+
+
+# 7. one image under two ids
+
+
+def test_an_image_listed_with_and_without_its_extension_is_a_duplicated_id(tmp_path):
+    """img00,cat and img00.jpg,dog passed the duplicate-id check: the summary counted the image twice and the cache
+    kept it once, with the last label."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first, second = (row.split(",")[0] for row in lines[1:3])
+    csv.write_text("\n".join(lines + [f"{first}.jpg,square"]) + "\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"1 image appears more than once in labels.csv under different ids: {first} (line 2) and {first}.jpg "
+            f"(line {len(lines) + 1}) are both {first}.jpg. Keep one row per image.")):
+        discover(images, labels=csv)
+    csv.write_text("\n".join(lines[:1] + [f"{second}.jpg,square", f"{first}.jpg,circle"] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"2 images appear more than once in labels.csv under different ids, e.g. {first}.jpg (line 3) and "
+            f"{first} (line 4) are both {first}.jpg.")):
+        discover(images, labels=csv)
