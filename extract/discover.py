@@ -142,7 +142,7 @@ def _walk(root: Path) -> _Tree:
 def _walk_files(root: Path) -> list[str]:
     """Relative paths of every non-hidden entry below ``root`` that is not a folder, sorted; symlinked folders
     are followed. Broken symlinks, symlink loops and unreadable folders are returned too, so that whoever
-    reads them reports them as failed (``heads.predict`` uses this)."""
+    reads them reports them as failed."""
     tree = _walk(root)
     return sorted(tree.files + list(tree.problems))
 

@@ -25,15 +25,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _image_paths(images: Path) -> list[Path]:
+def _image_paths(images: Path) -> tuple[list[Path], dict[Path, str]]:
     """Every file ``make extract`` would list under ``images`` (hidden ones aside), whatever its extension:
-    as in extract, decoding decides what is an image."""
+    as in extract, decoding decides what is an image. Folders extract does not descend into (a symlink loop, an
+    unreadable folder) are listed too, and returned again with extract's reason, which is their error."""
     if images.is_file():
-        return [images]
+        return [images], {}
     if images.is_dir():
-        from extract.discover import _walk_files  # noqa: PLC0415
+        from extract.discover import _walk  # noqa: PLC0415
 
-        return [images / rel for rel in _walk_files(images)]
+        tree = _walk(images)
+        return ([images / rel for rel in sorted(tree.files + list(tree.problems))],
+                {images / rel: reason for rel, reason in tree.problems.items()})
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
 
 
@@ -174,7 +177,7 @@ def predict(
         paths, proba, errors = _cached_test_rows(run, info, head)
         source = f"the test rows of RUN={run}'s cache"  # no backbone to spare: ids are checked once, below
     else:
-        paths = _image_paths(images)
+        paths, not_descended = _image_paths(images)
         source = f"IMAGES={images}"
         if not paths:
             raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
@@ -198,6 +201,7 @@ def predict(
             read = np.array([not e for e in errors], bool)
             if read.any():  # a head refuses 0 rows; a folder with no readable image still gets its table of errors
                 proba[read] = full_proba(head, feats[read], len(class_names))
+        errors = [not_descended.get(p, e) for p, e in zip(paths, errors)]  # not "unreadable: Is a directory"
     n = len(paths)
     ok = np.array([not e for e in errors], bool)
     names = np.array(class_names, dtype=object)

@@ -279,3 +279,25 @@ def test_predict_prints_a_non_utf8_file_name_escaped(synthetic_run, tmp_path, mo
     main(["predict", "--run", str(synthetic_run), "--images", str(tmp_path / "new")])
     stdout.flush()
     assert b"x_\\udce9.png" in stdout.buffer.getvalue()
+
+
+def test_predict_gives_a_symlink_loop_the_reason_extract_gives(synthetic_run, tmp_path, monkeypatch):
+    """`make predict` listed a symlink to a folder above it as "loopdir (unreadable: Is a directory)"."""
+    new = tmp_path / "new"
+    _png(new / "a.png")
+    (new / "loopdir").symlink_to(new, target_is_directory=True)
+    (new / "sub").mkdir()
+    (new / "sub" / "up").symlink_to("..", target_is_directory=True)
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    logs: list[str] = []
+    table = predict(synthetic_run, new, log=logs.append).set_index("path")["error"]
+    assert table[str(new / "a.png")] == ""
+    assert table[str(new / "loopdir")] == f"symlink loop: loopdir points to {new}, a folder above it; not followed"
+    assert table[str(new / "sub" / "up")] == "symlink loop: sub/up points to .., a folder above it; not followed"
+    assert any("loopdir (symlink loop: loopdir points to" in m for m in logs), logs
+    # The same reason as extract's, from the same code.
+    write_class_folders(tmp_path / "shapes", per_class=1)
+    (tmp_path / "shapes" / "circle" / "loop").symlink_to(tmp_path / "shapes", target_is_directory=True)
+    skipped = {sk.relpath: sk.reason for sk in discover(tmp_path / "shapes").skipped}
+    assert skipped["circle/loop"] == f"symlink loop: circle/loop points to {tmp_path / 'shapes'}, a folder above it; " \
+                                     f"not followed"
