@@ -541,7 +541,7 @@ def train_head(
                 f"{'them' if len(unseen) > 1 else 'it'} (a larger VAL= or another SEED= changes the split)")
         splits = {"training": data.train, "validation": data.val}
         zero_rows = {split: int((~part.X.reshape(len(part.X), -1).any(axis=1)).sum())
-                     for split, part in splits.items() if part.X is not None}
+                     for split, part in splits.items() if part.X is not None and len(part.X)}
         if any(zero_rows.values()):  # extraction warned once; a reused cache (compare-backbones) must say it again
             log("WARNING: " + " and ".join(f"{n:,} of the {len(splits[s]):,} {s} rows"
                                           for s, n in zero_rows.items() if n)
