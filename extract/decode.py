@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,6 +19,31 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompress
 RESAMPLE = Image.Resampling.BILINEAR
 # Recorded in the cache config: a change in how pixels are made must never mix rows in one cache.
 DECODER = "pillow-jpeg-draft-bilinear-1"
+
+# Pillow has one process-wide limit, Image.MAX_IMAGE_PIXELS: above it Pillow warns, above twice it Pillow refuses,
+# whatever MAX_PIXELS= says. Changing it from tf.data's decode threads would race, so Pillow's check is wrapped
+# once: on a thread inside load_rgb it applies that call's max_pixels instead (no warning, headswap's reason);
+# anywhere else it is Pillow's own check, unchanged.
+_decoding = threading.local()
+_pillow_pixel_check = getattr(Image, "_decompression_bomb_check", None)
+_pillow_pixel_check = getattr(_pillow_pixel_check, "pillow_check", _pillow_pixel_check)  # this module reloaded
+
+
+def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> str:
+    return f"{size[0]}x{size[1]} is over the limit of {max_pixels:,} (MAX_PIXELS=)"
+
+
+def _pixel_check(size: tuple[int, int]) -> None:
+    max_pixels = getattr(_decoding, "max_pixels", None)
+    if max_pixels is None:
+        _pillow_pixel_check(size)
+    elif size[0] * size[1] > max_pixels:
+        raise Image.DecompressionBombError(_too_many_pixels(size, max_pixels))
+
+
+if _pillow_pixel_check is not None:  # a Pillow without it keeps its own limit (tests/test_decode.py notices)
+    _pixel_check.pillow_check = _pillow_pixel_check  # type: ignore[attr-defined]
+    Image._decompression_bomb_check = _pixel_check
 
 
 class DecodeError(Exception):
@@ -76,10 +102,17 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
     With ``draft_size``, a JPEG at least twice that size on both sides is decoded with DCT scaling
     (1/2, 1/4 or 1/8, never below ``draft_size``): it halves decode time for small inputs.
     """
+    outer, _decoding.max_pixels = getattr(_decoding, "max_pixels", None), max_pixels
+    try:
+        return _load_rgb(path, max_pixels, draft_size)
+    finally:
+        _decoding.max_pixels = outer
+
+
+def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image:
     img = _open_checked(path)
-    w, h = img.size
-    if w * h > max_pixels:
-        raise DecodeError(f"too many pixels: {w}x{h} is over the limit of {max_pixels:,} (MAX_PIXELS=)")
+    if img.size[0] * img.size[1] > max_pixels:
+        raise DecodeError(f"too many pixels: {_too_many_pixels(img.size, max_pixels)}")
     try:
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
@@ -94,7 +127,9 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
         return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # e.g. a GIF frame reaching past the size its header gave
+        raise DecodeError(f"too many pixels: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise _decode_failure(err) from None
 
 

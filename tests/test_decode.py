@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import threading
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ from conftest import SIZE, draw, write_class_folders
 from PIL import Image
 
 from extract import FeatureCache, extract_features
+from extract import decode
 from extract.decode import DecodeError, load_array, load_rgb
 
 
@@ -133,6 +138,56 @@ def test_pixel_limit_is_configurable(tmp_path, picture):
     picture.save(tmp_path / "a.png")
     with pytest.raises(DecodeError, match="too many pixels: 40x30 is over the limit of 1,000"):
         load_rgb(str(tmp_path / "a.png"), max_pixels=1000)
+
+
+def _png_declaring(path: Path, width: int, height: int) -> None:
+    """A 70-byte PNG whose header declares width x height grey pixels and whose image data is not zlib: opening
+    it reads only the header, decoding it fails as truncated."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"not zlib data") + chunk(b"IEND", b""))
+
+
+def test_max_pixels_above_twice_pillows_limit_is_the_limit(tmp_path):
+    """Pillow refuses more than twice its own limit (178,956,970 pixels) whatever MAX_PIXELS= says."""
+    _png_declaring(tmp_path / "big.png", 14000, 14000)  # 196,000,000 pixels
+    with pytest.raises(DecodeError) as err:
+        load_rgb(str(tmp_path / "big.png"))
+    assert err.value.reason == "too many pixels: 14000x14000 is over the limit of 89,478,485 (MAX_PIXELS=)"
+    with pytest.raises(DecodeError) as err:
+        load_rgb(str(tmp_path / "big.png"), max_pixels=300_000_000)
+    assert err.value.category == "truncated", err.value.reason  # decoded (its data is bad), not refused for size
+    # Other code in the process keeps Pillow's own limit, on this thread and on others.
+    assert Image.MAX_IMAGE_PIXELS == decode.DEFAULT_MAX_PIXELS
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    refused = []
+
+    def other_thread():
+        try:
+            Image.open(tmp_path / "big.png")
+        except Image.DecompressionBombError:
+            refused.append(True)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert refused == [True]
+
+
+def test_pillows_limit_neither_refuses_nor_warns_within_max_pixels(tmp_path, picture, monkeypatch):
+    picture.save(tmp_path / "a.png")  # 40x30 = 1,200 pixels
+    reference = np.asarray(picture.convert("RGB"))
+    for pillow_limit in (500, 1000):  # 1,200 is over twice 500 (Pillow refuses), over 1,000 (Pillow warns)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            np.testing.assert_array_equal(np.asarray(load_rgb(str(tmp_path / "a.png"), max_pixels=1200)), reference)
+        assert [str(w.message) for w in caught] == []
+        with pytest.raises(DecodeError, match="too many pixels: 40x30 is over the limit of 1,199 \\(MAX_PIXELS=\\)"):
+            load_rgb(str(tmp_path / "a.png"), max_pixels=1199)
 
 
 def test_unreadable_permissions_as_a_non_root_user(tmp_path_factory, picture):
