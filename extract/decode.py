@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
 RESAMPLE = Image.Resampling.BILINEAR
 # Recorded in the cache config: a change in how pixels are made must never mix rows in one cache.
-DECODER = "pillow-jpeg-draft-bilinear-1"
+DECODER = "pillow-jpeg-draft-bilinear-2"  # 2: float and 32-bit greyscale mapped or refused, not clipped
 
 # Pillow has one process-wide limit, Image.MAX_IMAGE_PIXELS: above it Pillow warns, above twice it Pillow refuses,
 # whatever MAX_PIXELS= says. Changing it from tf.data's decode threads would race, so Pillow's check is wrapped
@@ -119,9 +119,8 @@ def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image
         img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            img = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8), "L")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            img = _grey_to_8bit(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -131,6 +130,28 @@ def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image
         raise DecodeError(f"too many pixels: {err}") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise _decode_failure(err) from None
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """Pillow's integer (I, I;16: 16-bit PNG, TIFF, PPM; 32-bit TIFF) or float (F: 32-bit TIFF) greyscale as "L".
+
+    Each maps a fixed range to 0-255, never the image's own (that would change from image to image): integers
+    0-65535 (16-bit) by /257 truncated, floats 0-1 (TensorFlow's and scikit-image's convention) by x255 rounded.
+    Values outside it would be clipped, so the image is refused instead, saying what to do.
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    top, kind, fmt = (1, "float", "{:.6g}") if img.mode == "F" else (65535, "integer", "{:,.0f}")
+    if not ((arr >= 0) & (arr <= top)).all():  # NaN too
+        numbers = arr[~np.isnan(arr)]
+        shown = " and ".join(([f"{fmt.format(numbers.min())} to {fmt.format(numbers.max())}"] if numbers.size else [])
+                             + (["NaN"] if numbers.size < arr.size else []))
+        raise DecodeError(
+            f"unsupported pixels: {kind} greyscale (Pillow mode {img.mode}) with values {shown}; only 0-{top:,}"
+            f"{' (16-bit)' if top > 1 else ''} has a fixed mapping to 0-255: convert the image to 8-bit with the "
+            f"mapping that suits the data")
+    if img.mode == "F":
+        return Image.fromarray(np.rint(arr * 255).astype(np.uint8), "L")
+    return Image.fromarray((arr / 257.0).astype(np.uint8), "L")
 
 
 def load_array(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

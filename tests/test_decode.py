@@ -56,6 +56,32 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
     assert abs(int(load_rgb(str(tmp_path / "a.png")).getpixel((0, 0))[0]) - 127) <= 1
 
 
+def test_float_and_32bit_tiffs_map_a_fixed_range_or_are_refused(tmp_path):
+    """A float TIFF (0-1) came out black, a 32-bit one with values over 65535 clipped to white: both cached."""
+    ramp = np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)
+    Image.fromarray(ramp).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    pixels = np.asarray(load_rgb(str(tmp_path / "float.tif")))
+    np.testing.assert_array_equal(pixels, np.repeat(np.rint(ramp * 255).astype(np.uint8)[..., None], 3, axis=2))
+
+    sixteen = (ramp * 65535).astype(np.int32)
+    Image.fromarray(sixteen).save(tmp_path / "int32.tif")  # 32-bit integer samples holding 16-bit values
+    Image.fromarray(sixteen.astype(np.uint16)).save(tmp_path / "int16.png")
+    assert Image.open(tmp_path / "int32.tif").mode == "I" and Image.open(tmp_path / "int16.png").mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(load_rgb(str(tmp_path / "int32.tif"))),
+                                  np.asarray(load_rgb(str(tmp_path / "int16.png"))))  # both as 16-bit: /257
+
+    Image.fromarray(sixteen * 4).save(tmp_path / "int32_large.tif")
+    with pytest.raises(DecodeError) as err:
+        load_rgb(str(tmp_path / "int32_large.tif"))
+    assert err.value.reason.startswith(
+        "unsupported pixels: integer greyscale (Pillow mode I) with values 0 to 262,140; only 0-65,535 (16-bit) ")
+    assert err.value.reason.endswith("convert the image to 8-bit with the mapping that suits the data")
+    Image.fromarray(ramp * 255).save(tmp_path / "float_0_255.tif")
+    with pytest.raises(DecodeError, match=r"float greyscale \(Pillow mode F\) with values 0 to 255; only 0-1 "):
+        load_rgb(str(tmp_path / "float_0_255.tif"))
+
+
 def test_gif_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
