@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -237,14 +238,35 @@ def _empty_class_note(folder: str, test: bool = False) -> str:
 OTHER_SEPARATORS = (";", "\t", "|")  # what spreadsheets write when told not to use commas
 
 
-def _header_separator(labels_csv: Path) -> str:
+def _labels_text(labels_csv: Path) -> str:
+    """The CSV's text, read as UTF-8 (a leading byte-order mark dropped, as pandas does).
+
+    A file that is not UTF-8 is refused, naming its first bad byte and line: decoding it as Latin-1 instead would
+    be a guess, and its ids must match the file names byte for byte.
+    """
+    raw = labels_csv.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = raw.rfind(b"\n", 0, err.start) + 1
+        end = raw.find(b"\n", err.start)
+        shown = raw[start:len(raw) if end < 0 else end].rstrip(b"\r").decode("utf-8", "backslashreplace")
+        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown[:80])
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"LABELS={labels_csv} is not UTF-8: line {line} has byte 0x{raw[err.start]:02x} ({shown}), probably "
+            f"Latin-1/Windows-1252 as spreadsheets save CSV by default. Re-save it as UTF-8 (Excel: Save As "
+            f"\"CSV UTF-8\"), or convert it: iconv -f cp1252 -t utf-8 {labels_csv.name} > labels-utf8.csv"
+        ) from None
+
+
+def _header_separator(text: str) -> str:
     """``,`` unless the header line has no comma but another separator (a semicolon export from a spreadsheet).
 
     Only the header decides: every usable labels CSV has at least 2 columns, so a comma-separated one has a
     comma in its header and is read exactly as before.
     """
-    with open(labels_csv, encoding="utf-8-sig", errors="replace", newline="") as f:
-        header = f.readline()
+    header = io.StringIO(text, newline="").readline()
     if "," in header:
         return ","
     found = [(header.count(sep), sep) for sep in OTHER_SEPARATORS if sep in header]
@@ -255,19 +277,18 @@ def _shown_sep(sep: str) -> str:
     return "tab" if sep == "\t" else repr(sep)
 
 
-def _row_lines(labels_csv: Path, sep: str, rows: int) -> list[int] | None:
+def _row_lines(text: str, sep: str, rows: int) -> list[int] | None:
     """The 1-based line in the file where each data row starts (the header is line 1), as pandas reads them:
     blank lines skipped, quoted fields spanning lines. None if the count does not match pandas' ``rows``."""
     starts, previous = [], 0
-    with open(labels_csv, encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=sep)
-        try:
-            for record in reader:
-                if any(cell.strip() for cell in record) or len(record) > 1:
-                    starts.append(previous + 1)
-                previous = reader.line_num
-        except csv.Error:
-            return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        for record in reader:
+            if any(cell.strip() for cell in record) or len(record) > 1:
+                starts.append(previous + 1)
+            previous = reader.line_num
+    except csv.Error:
+        return None
     return starts[1:] if len(starts) == rows + 1 else None
 
 
@@ -325,14 +346,15 @@ def _csv_items(
     if not labels_csv.is_file():
         raise DataError(f"LABELS={labels_csv} does not exist.")
     notes = []
-    sep = _header_separator(labels_csv)
+    text = _labels_text(labels_csv)
+    sep = _header_separator(text)
     try:
-        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, sep=sep)
+        table = pd.read_csv(io.StringIO(text, newline=""), dtype=str, keep_default_na=False, sep=sep)
     except pd.errors.EmptyDataError:
         raise DataError(
             f"LABELS={labels_csv} is empty; it needs a header line (e.g. id,breed) and one row per image."
         ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.ParserError as err:
         row_form = ("one comma-separated row per image" if sep == "," else
                     f"one row per image, separated by {_shown_sep(sep)} like its header")
         raise DataError(
@@ -367,7 +389,7 @@ def _csv_items(
     ids = table[id_col].str.strip()
     labels = table[label_col].str.strip()
     # Before the duplicate check: two `,` lines would otherwise be reported as a duplicated (empty) id.
-    line_of = _row_lines(labels_csv, sep, len(table))
+    line_of = _row_lines(text, sep, len(table))
     empty_cells = _empty_cells_error(labels_csv, ids, labels, id_col, label_col, line_of)
     if empty_cells:
         raise empty_cells

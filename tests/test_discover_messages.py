@@ -265,3 +265,24 @@ def test_an_image_listed_with_and_without_its_extension_is_a_duplicated_id(tmp_p
             f"2 images appear more than once in labels.csv under different ids, e.g. {first}.jpg (line 3) and "
             f"{first} (line 4) are both {first}.jpg.")):
         discover(images, labels=csv)
+
+
+# 8. labels.csv not saved as UTF-8
+
+
+def test_a_latin1_labels_csv_names_its_line_and_says_to_save_it_as_utf8(tmp_path):
+    """It got "not a readable CSV ('utf-8' codec can't decode byte 0xfc in position 10 ...); it needs a header line
+    ... one comma-separated row per image", which the file had."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first = lines[2].split(",")[0]
+    (images / f"{first}.jpg").rename(images / "müller.jpg")
+    lines[2] = lines[2].replace(first, "müller")
+    csv.write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+    row = lines[2].replace("ü", "\\xfc")
+    with pytest.raises(DataError, match=re.escape(
+            f"LABELS={csv} is not UTF-8: line 3 has byte 0xfc ({row}), probably Latin-1/Windows-1252 as spreadsheets "
+            f"save CSV by default. Re-save it as UTF-8 (Excel: Save As \"CSV UTF-8\"), or convert it: "
+            f"iconv -f cp1252 -t utf-8 labels.csv > labels-utf8.csv")):
+        discover(images, labels=csv)
+    csv.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))  # re-saved as Excel's CSV UTF-8 does
+    assert "müller.jpg" in {it.relpath for it in discover(images, labels=csv).items}
