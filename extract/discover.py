@@ -7,7 +7,8 @@ Two layouts:
 * Kaggle style: ``DATA/<id>.<ext>`` plus a CSV with an id column and a label column.
 
 ``TEST=<folder>`` adds unlabelled images (label -1) to the test split; it must not be (or hold) the
-training images. A labels CSV whose header has no comma but ``;``, a tab or ``|`` is read with that.
+training images. A labels CSV whose header has no comma but ``;``, a tab or ``|`` is read with that; it is read as
+UTF-8, or as UTF-16 when it starts with that byte-order mark.
 
 Every file found is either an :class:`Item` to extract or a :class:`Skip` with a reason;
 nothing is dropped silently. Hidden files (``.DS_Store``, ``._x.jpg``) are the one exception.
@@ -17,6 +18,7 @@ that cannot be listed are skipped with their reason. A class folder with no file
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -238,26 +240,45 @@ def _empty_class_note(folder: str, test: bool = False) -> str:
 OTHER_SEPARATORS = (";", "\t", "|")  # what spreadsheets write when told not to use commas
 
 
-def _labels_text(labels_csv: Path) -> str:
-    """The CSV's text, read as UTF-8 (a leading byte-order mark dropped, as pandas does).
+def _labels_text(labels_csv: Path) -> tuple[str, str | None]:
+    """The CSV's text, read as UTF-8 (a leading byte-order mark dropped, as pandas does), and a note if it was not.
 
-    A file that is not UTF-8 is refused, naming its first bad byte and line: decoding it as Latin-1 instead would
-    be a guess, and its ids must match the file names byte for byte.
+    A file that starts with a UTF-16 byte-order mark (Excel's "Unicode Text", tab-separated) is read as UTF-16,
+    with a note: the mark makes that unambiguous. Any other file that is not UTF-8 is refused, naming its first bad
+    byte and line: decoding it as Latin-1 instead would be a guess, and its ids must match the file names byte for
+    byte. NUL bytes (UTF-16 without its mark, or not a text file) are refused too.
     """
     raw = labels_csv.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        start = raw.rfind(b"\n", 0, err.start) + 1
-        end = raw.find(b"\n", err.start)
-        shown = raw[start:len(raw) if end < 0 else end].rstrip(b"\r").decode("utf-8", "backslashreplace")
-        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown[:80])
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"LABELS={labels_csv} is not UTF-8: line {line} has byte 0x{raw[err.start]:02x} ({shown}), probably "
-            f"Latin-1/Windows-1252 as spreadsheets save CSV by default. Re-save it as UTF-8 (Excel: Save As "
-            f"\"CSV UTF-8\"), or convert it: iconv -f cp1252 -t utf-8 {labels_csv.name} > labels-utf8.csv"
-        ) from None
+    resave = "Re-save it as UTF-8 (Excel: Save As \"CSV UTF-8\")"
+    note = None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            text = raw.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise DataError(f"LABELS={labels_csv} starts with a UTF-16 byte-order mark but is not UTF-16 "
+                            f"({err.reason} at byte {err.start}). {resave}.") from None
+        note = f"{labels_csv.name} is UTF-16 (as Excel's \"Unicode Text\" saves it), not UTF-8: read it as UTF-16"
+    elif b"\x00" in raw:
+        text = raw.decode("latin-1")  # byte for byte, only to name the line below
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            start = raw.rfind(b"\n", 0, err.start) + 1
+            end = raw.find(b"\n", err.start)
+            shown = raw[start:len(raw) if end < 0 else end].rstrip(b"\r").decode("utf-8", "backslashreplace")
+            shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown[:80])
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise DataError(
+                f"LABELS={labels_csv} is not UTF-8: line {line} has byte 0x{raw[err.start]:02x} ({shown}), probably "
+                f"Latin-1/Windows-1252 as spreadsheets save CSV by default. {resave}, or convert it: "
+                f"iconv -f cp1252 -t utf-8 {labels_csv.name} > labels-utf8.csv"
+            ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"LABELS={labels_csv} is not a UTF-8 text file: line {line} has NUL bytes (UTF-16 without a "
+                        f"byte-order mark, UTF-32, or not a CSV at all). {resave}.")
+    return text, note
 
 
 def _header_separator(text: str) -> str:
@@ -345,8 +366,8 @@ def _csv_items(
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str], tuple[str, str]]:
     if not labels_csv.is_file():
         raise DataError(f"LABELS={labels_csv} does not exist.")
-    notes = []
-    text = _labels_text(labels_csv)
+    text, encoding_note = _labels_text(labels_csv)
+    notes = [encoding_note] if encoding_note else []
     sep = _header_separator(text)
     try:
         table = pd.read_csv(io.StringIO(text, newline=""), dtype=str, keep_default_na=False, sep=sep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
@@ -286,3 +287,27 @@ def test_a_latin1_labels_csv_names_its_line_and_says_to_save_it_as_utf8(tmp_path
         discover(images, labels=csv)
     csv.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))  # re-saved as Excel's CSV UTF-8 does
     assert "müller.jpg" in {it.relpath for it in discover(images, labels=csv).items}
+
+
+def test_a_utf16_labels_file_is_read_with_a_note_and_one_without_its_mark_is_refused(tmp_path):
+    """Excel's "Unicode Text" (UTF-16 with a byte-order mark, tab-separated) was told it is "not a readable CSV
+    ('utf-8' codec can't decode byte 0xff ...) ... separated by tab like its header", which it was."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first = lines[2].split(",")[0]
+    (images / f"{first}.jpg").rename(images / "müller.jpg")
+    lines[2] = lines[2].replace(first, "müller")
+    csv.write_text("\n".join(lines) + "\n")
+    want = {it.relpath: it.label for it in discover(images, labels=csv).items}
+    text = "\r\n".join(line.replace(",", "\t") for line in lines) + "\r\n"
+    for encoding in ("utf-16", "utf-16-be"):  # utf-16: little-endian with its mark, as Excel writes it
+        csv.write_bytes(codecs.BOM_UTF16_BE * (encoding == "utf-16-be") + text.encode(encoding))
+        found = discover(images, labels=csv)
+        assert {it.relpath: it.label for it in found.items} == want
+        assert found.notes == ["labels.csv is UTF-16 (as Excel's \"Unicode Text\" saves it), not UTF-8: read it as "
+                               "UTF-16", "labels.csv is separated by tab, not commas (its header has no comma): "
+                               "read it with tab, columns id, breed"]
+    csv.write_bytes(text.encode("utf-16-le"))  # no mark: which byte order it is would be a guess
+    with pytest.raises(DataError, match=re.escape(
+            f"LABELS={csv} is not a UTF-8 text file: line 1 has NUL bytes (UTF-16 without a byte-order mark, UTF-32, "
+            f"or not a CSV at all). Re-save it as UTF-8 (Excel: Save As \"CSV UTF-8\").")):
+        discover(images, labels=csv)
