@@ -422,24 +422,28 @@ def _csv_items(
         )
     tree = _walk(root)
     files = tree.files
-    by_full = {f: f for f in files}
-    by_stem: dict[str, str] = {}
+    by_full = set(files)
+    by_stem: dict[str, list[str]] = {}  # an id without its extension: twin names twin.jpg, or twin.jpg and twin.png
     for f in files:
-        by_stem.setdefault(os.path.splitext(f)[0], f)
+        by_stem.setdefault(os.path.splitext(f)[0], []).append(f)
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    rows, missing, again = [], [], []
+    rows, missing, again, ambiguous = [], [], [], []
     used: dict[str, tuple[str, int]] = {}  # image -> the id naming it and its line
     for k, (image_id, label) in enumerate(zip(ids, labels)):
         # Checked on the id's text, not on the resolved path: a symlink inside DATA may point elsewhere.
         norm = os.path.normpath(image_id)
         if os.path.isabs(image_id) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
             raise DataError(f"id {image_id!r} in {labels_csv.name} resolves outside DATA={root}; ids must be relative")
-        rel = by_full.get(image_id) or by_stem.get(image_id)
-        if rel is None:
+        named = [image_id] if image_id in by_full else by_stem.get(image_id, [])
+        if not named:
             missing.append(image_id)
             continue
         line = line_of[k] if line_of else k + 2  # without a reliable line map, as in _empty_cells_error
+        if len(named) > 1:  # never pick one: the others would be skipped as having no row
+            ambiguous.append((image_id, line, named))
+            continue
+        rel = named[0]
         if rel in used:  # img00 and img00.jpg: two ids, one image
             again.append((*used[rel], image_id, line, rel))
             continue
@@ -452,6 +456,22 @@ def _csv_items(
             f"{n} image{'s appear' if n > 1 else ' appears'} more than once in {labels_csv.name} "
             f"under different ids{', e.g.' if n > 1 else ':'} {first} (line {first_line}) and {other} "
             f"(line {other_line}) are both {rel}. Keep one row per image."
+        )
+    if ambiguous:
+        image_id, line, named = ambiguous[0]
+        both = f"{', '.join(named[:-1])} and {named[-1]}" if len(named) <= 5 else f"{', '.join(named[:5])}, ..."
+        if len(ambiguous) == 1:
+            others = ("the other file a row of its own or move it" if len(named) == 2 else
+                      "the other files rows of their own or move them")
+            others += " out of DATA"
+            raise DataError(
+                f"id {image_id} in {labels_csv.name} (line {line}) names {len(named)} files, {both}, as it has no "
+                f"extension. Write it with the extension of the image it labels, and give {others}."
+            )
+        raise DataError(
+            f"{len(ambiguous)} ids in {labels_csv.name} name more than one file as they have no extension, e.g. "
+            f"{image_id} (line {line}): {both}. Write each with the extension of the image it labels, and give the "
+            f"other files rows of their own or move them out of DATA."
         )
     if missing:
         below = _found_below(files, missing)

@@ -311,3 +311,34 @@ def test_a_utf16_labels_file_is_read_with_a_note_and_one_without_its_mark_is_ref
             f"LABELS={csv} is not a UTF-8 text file: line 1 has NUL bytes (UTF-16 without a byte-order mark, UTF-32, "
             f"or not a CSV at all). Re-save it as UTF-8 (Excel: Save As \"CSV UTF-8\").")):
         discover(images, labels=csv)
+
+
+# 9. how ids name their files
+
+
+def test_an_id_without_extension_naming_two_files_is_refused_naming_both(tmp_path):
+    """twin,circle with twin.jpg and twin.png cached twin.jpg as circle and skipped twin.png as "not in labels:
+    labels.csv has no row for it", though the row named it."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first, second = (row.split(",")[0] for row in lines[1:3])
+    shutil.copy(images / f"{first}.jpg", images / f"{first}.png")
+    with pytest.raises(DataError, match=re.escape(
+            f"id {first} in labels.csv (line 2) names 2 files, {first}.jpg and {first}.png, as it has no extension. "
+            f"Write it with the extension of the image it labels, and give the other file a row of its own or move "
+            f"it out of DATA.")):
+        discover(images, labels=csv)
+    shutil.copy(images / f"{second}.jpg", images / f"{second}.jpeg")
+    shutil.copy(images / f"{second}.jpg", images / f"{second}.webp")
+    with pytest.raises(DataError, match=re.escape(
+            f"2 ids in labels.csv name more than one file as they have no extension, e.g. {first} (line 2): "
+            f"{first}.jpg and {first}.png. Write each with the extension of the image it labels, and give the other "
+            f"files rows of their own or move them out of DATA.")):
+        discover(images, labels=csv)
+    (images / f"{second}.jpeg").unlink()
+    (images / f"{second}.webp").unlink()
+    # Written with their extensions, both images are labelled, each with its own row.
+    csv.write_text("\n".join([lines[0], f"{first}.jpg,circle", f"{first}.png,square"] + lines[2:]) + "\n")
+    found = discover(images, labels=csv)
+    labelled = {it.relpath: found.class_names[it.label] for it in found.items}
+    assert (labelled[f"{first}.jpg"], labelled[f"{first}.png"]) == ("circle", "square")
+    assert found.skipped == []
