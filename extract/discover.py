@@ -23,6 +23,7 @@ import csv
 import hashlib
 import io
 import os
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,6 +362,74 @@ def _found_below(files: list[str], missing: list[str]) -> tuple[str, int] | None
     return (best, counts[best]) if best is not None and counts[best] else None
 
 
+class _FileIndex:
+    """The files below DATA (relative paths, as :func:`_walk` gives them) by the ids that name them."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self.full = set(files)
+        self.stems: dict[str, list[str]] = {}  # an id without extension: twin names twin.jpg (or twin.jpg, twin.png)
+        for f in files:
+            self.stems.setdefault(os.path.splitext(f)[0], []).append(f)
+        self._ext_case: dict[tuple[str, str], list[str]] | None = None
+
+    def named(self, image_id: str) -> list[str]:
+        """The files an id names as written: its file, or every file it names without its extension."""
+        return [image_id] if image_id in self.full else self.stems.get(image_id, [])
+
+    def other_case(self, image_id: str) -> list[str]:
+        """The files an id with an extension names but for that extension's case (UP.jpg: UP.JPG)."""
+        stem, ext = os.path.splitext(image_id)
+        if not ext:
+            return []
+        if self._ext_case is None:  # built only when an id names no file as written
+            self._ext_case = {}
+            for f in self.files:
+                f_stem, f_ext = os.path.splitext(f)
+                self._ext_case.setdefault((f_stem, f_ext.lower()), []).append(f)
+        return self._ext_case.get((stem, ext.lower()), [])
+
+    def respelled(self, image_id: str) -> list[str]:
+        """The files an id that names none as written names as a path: with a leading ``./`` removed and ``\\``
+        read as ``/`` (a CSV written on Windows), else with its extension in another case if that is one file.
+        Several files (``./twin``: twin.jpg and twin.png) are returned for the caller to refuse."""
+        path = posixpath.normpath(image_id.replace("\\", "/"))
+        named = self.named(path) if path != image_id else []
+        if named:
+            return named
+        case = self.other_case(path)
+        return case if len(case) == 1 else []
+
+
+def _missing_hint(missing: list[str], index: _FileIndex, root: Path, name: str) -> str | None:
+    """How to fix ids that name no file but nearly do, or None.
+
+    Ids that name a file once a leading folder named like DATA itself is removed (train/x in DATA=.../train) were
+    written for DATA's parent folder; an id whose extension's case matches several files (UP.jpg: UP.JPG, UP.Jpg)
+    cannot say which. Neither is read as the file: that would be a guess.
+    """
+    own = {Path(os.path.abspath(root)).name, root.resolve().name} - {""}
+    prefixed = []
+    for image_id in missing:
+        head, _, rest = posixpath.normpath(image_id.replace("\\", "/")).partition("/")
+        if head in own and rest:
+            named = index.named(rest) or index.respelled(rest)
+            if len(named) == 1:
+                prefixed.append((image_id, head, named[0]))
+    if prefixed:
+        image_id, head, rel = prefixed[0]
+        every = len(prefixed) == len(missing)
+        return (f"{'They' if every else f'{len(prefixed)} of them'} start with {head}/, the name of DATA itself "
+                f"({image_id} is {rel} in DATA): remove that {head}/ from the ids in {name}"
+                f"{'' if every else ', and fix DATA= or remove the other rows'}.")
+    for image_id in missing:
+        case = index.other_case(posixpath.normpath(image_id.replace("\\", "/")))
+        if len(case) > 1:
+            return (f"{image_id} differs only in its extension's case from {len(case)} files, {', '.join(case[:5])}: "
+                    f"write it as the exact name of the image it labels.")
+    return None
+
+
 def _csv_items(
     root: Path, labels_csv: Path, id_col: str | None, label_col: str | None
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str], tuple[str, str]]:
@@ -422,23 +491,23 @@ def _csv_items(
         )
     tree = _walk(root)
     files = tree.files
-    by_full = set(files)
-    by_stem: dict[str, list[str]] = {}  # an id without its extension: twin names twin.jpg, or twin.jpg and twin.png
-    for f in files:
-        by_stem.setdefault(os.path.splitext(f)[0], []).append(f)
+    index_of_files = _FileIndex(files)
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    rows, missing, again, ambiguous = [], [], [], []
+    rows, missing, again, ambiguous, respelled = [], [], [], [], []
     used: dict[str, tuple[str, int]] = {}  # image -> the id naming it and its line
     for k, (image_id, label) in enumerate(zip(ids, labels)):
         # Checked on the id's text, not on the resolved path: a symlink inside DATA may point elsewhere.
-        norm = os.path.normpath(image_id)
-        if os.path.isabs(image_id) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        norm = posixpath.normpath(image_id.replace("\\", "/"))
+        if os.path.isabs(image_id) or norm == os.pardir or norm.startswith(os.pardir + "/"):
             raise DataError(f"id {image_id!r} in {labels_csv.name} resolves outside DATA={root}; ids must be relative")
-        named = [image_id] if image_id in by_full else by_stem.get(image_id, [])
+        named = index_of_files.named(image_id)
         if not named:
-            missing.append(image_id)
-            continue
+            named = index_of_files.respelled(image_id)
+            if not named:
+                missing.append(image_id)
+                continue
+            respelled.append((image_id, named[0]))
         line = line_of[k] if line_of else k + 2  # without a reliable line map, as in _empty_cells_error
         if len(named) > 1:  # never pick one: the others would be skipped as having no row
             ambiguous.append((image_id, line, named))
@@ -475,7 +544,10 @@ def _csv_items(
         )
     if missing:
         below = _found_below(files, missing)
-        if below is None:
+        hint = _missing_hint(missing, index_of_files, root, labels_csv.name)
+        if hint:
+            fix = hint
+        elif below is None:
             fix = "Fix DATA= or remove those rows."
         elif below[1] == len(missing):
             fix = f"They are in {root / below[0]}: pass DATA={root / below[0]}."
@@ -485,6 +557,12 @@ def _csv_items(
             f"{len(missing)} ids in {labels_csv.name} have no image in DATA={root}, e.g. "
             f"{', '.join(missing[:5])}. {fix}"
         )
+    if respelled:
+        one = len(respelled) == 1
+        notes.append(f"{len(respelled)} {'id' if one else 'ids'} in {labels_csv.name} "
+                     f"{'names its image' if one else 'name their images'} in another spelling (a leading ./, "
+                     f"\\ for /, or the extension's case) and {'was' if one else 'were'} matched to "
+                     f"{'it' if one else 'them'}, e.g. {respelled[0][0]} is {respelled[0][1]}")
     extra = [f for f in files if f not in used]
     skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra] + tree.skips()
     if extra:

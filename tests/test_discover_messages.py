@@ -342,3 +342,55 @@ def test_an_id_without_extension_naming_two_files_is_refused_naming_both(tmp_pat
     labelled = {it.relpath: found.class_names[it.label] for it in found.items}
     assert (labelled[f"{first}.jpg"], labelled[f"{first}.png"]) == ("circle", "square")
     assert found.skipped == []
+
+
+def test_ids_spelled_otherwise_than_their_file_are_matched_with_a_note_when_that_is_one_file(tmp_path):
+    """./a, sub\\b and c.jpg for c.JPG all got the generic "have no image in DATA ... Fix DATA= or remove those
+    rows.", which named neither the file nor the difference."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    (a, _), (b, _), (c, _) = (row.split(",") for row in lines[1:4])
+    want = {it.relpath: it.label for it in discover(images, labels=csv).items}
+    (images / "sub").mkdir()
+    (images / f"{b}.jpg").rename(images / "sub" / f"{b}.jpg")
+    (images / f"{c}.jpg").rename(images / f"{c}.JPG")
+    respelled = [f"./{lines[1]}", f"sub\\{lines[2]}", lines[3].replace(",", ".jpg,", 1)]
+    csv.write_text("\n".join(lines[:1] + respelled + lines[4:]) + "\n")
+    found = discover(images, labels=csv)
+    want[f"sub/{b}.jpg"], want[f"{c}.JPG"] = want.pop(f"{b}.jpg"), want.pop(f"{c}.jpg")
+    assert {it.relpath: it.label for it in found.items} == want
+    assert found.skipped == []
+    assert found.notes == [f"3 ids in labels.csv name their images in another spelling (a leading ./, \\ for /, or "
+                           f"the extension's case) and were matched to them, e.g. ./{a} is {a}.jpg"]
+    # Still one row per image: ./a and a are two ids for one image.
+    csv.write_text("\n".join(lines[:1] + respelled + lines[4:] + [lines[1]]) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"under different ids: ./{a} (line 2) and {a} (line 8) are both "
+                                                  f"{a}.jpg. Keep one row per image.")):
+        discover(images, labels=csv)
+    # Backslashes read as / do not lead out of DATA.
+    csv.write_text("\n".join(lines + ["..\\k\\labels.csv,circle"]) + "\n")
+    with pytest.raises(DataError, match=r"^id '\.\.\\\\k\\\\labels\.csv' in labels\.csv resolves outside DATA="):
+        discover(images, labels=csv)
+    # Never a guess between two files: an extension whose case matches two of them is an error naming both.
+    csv.write_text("\n".join(lines[:1] + respelled + lines[4:]) + "\n")
+    shutil.copy(images / f"{c}.JPG", images / f"{c}.Jpg")
+    with pytest.raises(DataError, match=re.escape(
+            f"1 ids in labels.csv have no image in DATA={images}, e.g. {c}.jpg. {c}.jpg differs only in its "
+            f"extension's case from 2 files, {c}.JPG, {c}.Jpg: write it as the exact name of the image it labels.")):
+        discover(images, labels=csv)
+
+
+def test_ids_that_start_with_the_name_of_data_itself_say_to_remove_it(tmp_path):
+    """train/<id> with DATA=.../train (a CSV written for the parent folder) got "Fix DATA= or remove those rows."."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first = lines[1].split(",")[0]
+    csv.write_text("\n".join(lines[:1] + [f"train/{row}" for row in lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"They start with train/, the name of DATA itself (train/{first} is {first}.jpg in DATA): remove that "
+            f"train/ from the ids in labels.csv.")):
+        discover(images, labels=csv)
+    csv.write_text("\n".join(lines[:2] + [f"train/{row}" for row in lines[2:4]] + lines[4:] + ["nowhere,circle"]))
+    with pytest.raises(DataError, match=re.escape(
+            f"2 of them start with train/, the name of DATA itself (train/{lines[2].split(',')[0]} is "
+            f"{lines[2].split(',')[0]}.jpg in DATA): remove that train/ from the ids in labels.csv, and fix DATA= or "
+            f"remove the other rows.")):
+        discover(images, labels=csv)
