@@ -11,7 +11,6 @@ import errno
 import io
 import os
 import threading
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,43 +44,6 @@ def _pixel_check(size: tuple[int, int]) -> None:
 if _pillow_pixel_check is not None:  # a Pillow without it keeps its own limit (tests/test_decode.py notices)
     _pixel_check.pillow_check = _pillow_pixel_check  # type: ignore[attr-defined]
     Image._decompression_bomb_check = _pixel_check
-
-
-class DecodeWarning(UserWarning):
-    """A warning the decoder gave about one image (e.g. Pillow's "Corrupt EXIF data"), with the image's path."""
-
-
-class _OnADecodingThread:
-    """The message pattern of a warnings filter that matches what is raised on a thread inside load_rgb, keeping
-    the text there for load_rgb to give again once, with the image's path.
-
-    warnings.catch_warnings swaps process-wide state, so it cannot be used on tf.data's decode threads; this
-    filter (action "ignore", kept first) leaves every other thread's warnings to the filters after it.
-    """
-
-    def match(self, text: str) -> bool:
-        caught = getattr(_decoding, "warnings", None)
-        if caught is None:
-            return False
-        caught.append(text)
-        return True
-
-    def __repr__(self) -> str:
-        return "<warnings raised while extract.decode.load_rgb decodes an image>"
-
-
-_WARNINGS_FILTER = ("ignore", _OnADecodingThread(), Warning, None, 0)
-_filters_lock = threading.Lock()
-
-
-def _filter_first() -> None:
-    """Put the filter first in ``warnings.filters`` again if it is not (an earlier filter would see them first;
-    catch_warnings and pytest restore lists made without it)."""
-    if warnings.filters and warnings.filters[0] is _WARNINGS_FILTER:
-        return
-    with _filters_lock:
-        warnings.filters[:] = [_WARNINGS_FILTER] + [f for f in warnings.filters if f is not _WARNINGS_FILTER]
-        getattr(warnings, "_filters_mutated", lambda: None)()  # as warnings.filterwarnings does
 
 
 class DecodeError(Exception):
@@ -138,20 +100,13 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
     """Open and fully decode ``path`` as an RGB image (first frame, EXIF orientation applied).
 
     With ``draft_size``, a JPEG at least twice that size on both sides is decoded with DCT scaling
-    (1/2, 1/4 or 1/8, never below ``draft_size``): it halves decode time for small inputs. Warnings raised
-    while decoding come out afterwards as one :class:`DecodeWarning` that starts with ``path``.
+    (1/2, 1/4 or 1/8, never below ``draft_size``): it halves decode time for small inputs.
     """
-    caught: list[str] = []
-    outer = getattr(_decoding, "max_pixels", None), getattr(_decoding, "warnings", None)
-    _decoding.max_pixels, _decoding.warnings = max_pixels, caught
-    _filter_first()
+    outer, _decoding.max_pixels = getattr(_decoding, "max_pixels", None), max_pixels
     try:
         return _load_rgb(path, max_pixels, draft_size)
     finally:
-        _decoding.max_pixels, _decoding.warnings = outer
-        if caught:  # e.g. Pillow's "Corrupt EXIF data": shown once, naming the image, rather than bare
-            texts = dict.fromkeys(" ".join(text.split()) for text in caught)
-            warnings.warn(f"{path}: {'; '.join(texts)}", DecodeWarning, stacklevel=2)
+        _decoding.max_pixels = outer
 
 
 def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image:

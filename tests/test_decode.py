@@ -97,69 +97,6 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_rgb(str(tmp_path / "o.jpg")).size == (20, 40)
 
 
-def _jpeg_with_corrupt_exif(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> None:
-    """A 40x20 JPEG whose EXIF says it holds 2 tags where it holds 1 (orientation 6): Pillow reads the tag, then
-    warns "Corrupt EXIF data.  Expecting to read 12 bytes but only got 4." """
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.new("RGB", (40, 20), colour).save(path, exif=exif.tobytes())
-    data = path.read_bytes()
-    ifd = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01"  # big-endian TIFF header, first IFD at 8: 1 entry
-    assert data.count(ifd) == 1
-    path.write_bytes(data.replace(ifd, ifd[:-2] + b"\x00\x02"))
-
-
-def test_a_decoder_warning_names_the_image(tmp_path):
-    """Pillow's "Corrupt EXIF data" warning came out mid progress bar without saying which file it was about."""
-    _jpeg_with_corrupt_exif(tmp_path / "bad_exif.jpg")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert load_rgb(str(tmp_path / "bad_exif.jpg")).size == (20, 40)  # still decoded, orientation applied
-    assert [str(w.message) for w in caught] == [
-        f"{tmp_path / 'bad_exif.jpg'}: Corrupt EXIF data. Expecting to read 12 bytes but only got 4."]
-    assert caught[0].category.__name__ == "DecodeWarning"  # a UserWarning: -W ignore::UserWarning still hides it
-
-
-def test_decoder_warnings_name_their_image_on_concurrent_threads(tmp_path, picture):
-    """tf.data decodes on several threads: each warning names its own image; other threads' warnings are left be."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    paths = []
-    for i in range(8):
-        _jpeg_with_corrupt_exif(tmp_path / f"bad_{i}.jpg", (30 * i, 0, 0))
-        picture.save(tmp_path / f"good_{i}.png")
-        paths += [str(tmp_path / f"bad_{i}.jpg"), str(tmp_path / f"good_{i}.png")]
-
-    def work(path: str) -> None:
-        for _ in range(5):
-            load_array(path, 16)
-            warnings.warn(f"not about an image: {path}", RuntimeWarning)
-
-    with warnings.catch_warnings(record=True) as caught, ThreadPoolExecutor(4) as pool:
-        warnings.simplefilter("always")
-        list(pool.map(work, paths))
-    about_images = sorted(str(w.message) for w in caught if "EXIF" in str(w.message))
-    assert about_images == sorted(f"{p}: Corrupt EXIF data. Expecting to read 12 bytes but only got 4."
-                                  for p in paths[::2] for _ in range(5))
-    others = sorted(str(w.message) for w in caught if w.category is RuntimeWarning)
-    assert others == sorted(f"not about an image: {p}" for p in paths for _ in range(5))
-    assert len(caught) == len(about_images) + len(others)
-
-
-def test_extraction_names_the_image_a_decoder_warning_is_about(tmp_path):
-    data = write_class_folders(tmp_path / "d", per_class=3)
-    _jpeg_with_corrupt_exif(data / "circle" / "bad_exif.jpg")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", progress=False,
-                                  log=lambda m: None)
-    exif = [str(w.message) for w in caught if "EXIF" in str(w.message)]
-    assert exif == [f"{data / 'circle' / 'bad_exif.jpg'}: Corrupt EXIF data. Expecting to read 12 bytes but only "
-                    "got 4."]
-    with FeatureCache(result.path) as c:
-        assert "circle/bad_exif.jpg" in set(c.column("path"))
-
-
 def test_png_named_jpg_decodes(tmp_path, picture):
     picture.save(tmp_path / "really_a_png.jpg", "PNG")
     assert load_array(str(tmp_path / "really_a_png.jpg"), 16).shape == (16, 16, 3)
