@@ -539,9 +539,14 @@ def train_head(
             log(f"NOTE: {len(unseen)} class{'es have' if len(unseen) > 1 else ' has'} no validation image: "
                 f"{', '.join(unseen[:10])}{', ...' if len(unseen) > 10 else ''}; val accuracy says nothing about "
                 f"{'them' if len(unseen) > 1 else 'it'} (a larger VAL= or another SEED= changes the split)")
+        def n_zero(X: np.ndarray) -> int:
+            return int((~X.reshape(len(X), -1).any(axis=1)).sum()) if len(X) else 0
+
         splits = {"training": data.train, "validation": data.val}
-        zero_rows = {split: int((~part.X.reshape(len(part.X), -1).any(axis=1)).sum())
-                     for split, part in splits.items() if part.X is not None and len(part.X)}
+        train_blocks = source.blocks(source.rows("train", train_rounds), int(getattr(model, "block_rows", 0)) or 1)
+        zero_rows = {  # a streaming head has no training array: its rows are counted block by block
+            "training": sum(n_zero(X) for X, _ in train_blocks()) if model.streaming else n_zero(data.train.X),
+            "validation": n_zero(data.val.X)}
         if any(zero_rows.values()):  # extraction warned once; a reused cache (compare-backbones) must say it again
             log("WARNING: " + " and ".join(f"{n:,} of the {len(splits[s]):,} {s} rows"
                                           for s, n in zero_rows.items() if n)
