@@ -203,6 +203,39 @@ def test_max_pixels_above_twice_pillows_limit_is_the_limit(tmp_path):
     assert refused == [True]
 
 
+def test_a_raised_limit_applies_only_on_the_thread_decoding_with_it(tmp_path, monkeypatch):
+    """tf.data decodes on several threads: while one is inside load_rgb with MAX_PIXELS=300,000,000, Pillow's own
+    limit still refuses the same file on another thread (a process-wide setting would let it through)."""
+    _png_declaring(tmp_path / "big.png", 14000, 14000)
+    inside, release, seen = threading.Event(), threading.Event(), {}
+    real_open = decode._open_checked
+
+    def open_and_wait(path):
+        image = real_open(path)  # passed the raised limit on this thread
+        inside.set()
+        release.wait(10)
+        return image
+
+    monkeypatch.setattr(decode, "_open_checked", open_and_wait)
+
+    def decode_with_a_raised_limit():
+        try:
+            load_rgb(str(tmp_path / "big.png"), max_pixels=300_000_000)
+        except DecodeError as err:
+            seen["a"] = err.category
+
+    a = threading.Thread(target=decode_with_a_raised_limit)
+    a.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(Image.DecompressionBombError):  # this thread: Pillow's limit, as if headswap were absent
+            Image.open(tmp_path / "big.png")
+    finally:
+        release.set()
+        a.join()
+    assert seen == {"a": "truncated"}  # thread a: opened under its own limit, then failed on the bad data
+
+
 def test_pillows_limit_neither_refuses_nor_warns_within_max_pixels(tmp_path, picture, monkeypatch):
     picture.save(tmp_path / "a.png")  # 40x30 = 1,200 pixels
     reference = np.asarray(picture.convert("RGB"))
