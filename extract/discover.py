@@ -103,6 +103,10 @@ class _Tree:
     def skips(self, prefix: str = "") -> list[Skip]:
         return [Skip(prefix + rel, reason) for rel, reason in sorted(self.problems.items())]
 
+    def listed(self) -> list[str]:
+        """Every file, and every folder not descended into, sorted: whoever reads them reports the failures."""
+        return sorted(self.files + list(self.problems))
+
 
 def _walk(root: Path) -> _Tree:
     """Every non-hidden entry below ``root``, descending into symlinked folders as into real ones.
@@ -147,8 +151,7 @@ def _walk_files(root: Path) -> list[str]:
     """Relative paths of every non-hidden entry below ``root`` that is not a folder, sorted; symlinked folders
     are followed. Broken symlinks, symlink loops and unreadable folders are returned too, so that whoever
     reads them reports them as failed."""
-    tree = _walk(root)
-    return sorted(tree.files + list(tree.problems))
+    return _walk(root).listed()
 
 
 def _check_root(data: Path, what: str = "DATA") -> None:

@@ -35,8 +35,7 @@ def _image_paths(images: Path) -> tuple[list[Path], dict[Path, str]]:
         from extract.discover import _walk  # noqa: PLC0415
 
         tree = _walk(images)
-        return ([images / rel for rel in sorted(tree.files + list(tree.problems))],
-                {images / rel: reason for rel, reason in tree.problems.items()})
+        return [images / rel for rel in tree.listed()], {images / rel: reason for rel, reason in tree.problems.items()}
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
 
 
@@ -74,6 +73,10 @@ def _write_csv(frame: pd.DataFrame, out: Path) -> None:
     """``frame`` as CSV at ``out``, through a temporary file beside it: a write that fails (a full disk) leaves no
     truncated CSV, only what was there before. File names that are not UTF-8 are written as their bytes
     (surrogateescape), as the cache stores them, so the paths in the CSV open the files."""
+    if out.exists() and not out.is_file():  # /dev/stdout, a FIFO: written in place
+        frame.to_csv(out, index=False, errors="surrogateescape")
+        return
+    out = out.resolve()  # OUT= a symlink: its target is written, the link stays
     tmp = out.with_name(out.name + ".tmp")
     try:
         frame.to_csv(tmp, index=False, errors="surrogateescape")

@@ -266,6 +266,15 @@ def test_predict_writes_non_utf8_file_names_byte_exact_and_its_csv_atomically(sy
             predict(synthetic_run, new, tmp_path / out, submission=submission, **QUIET)
         assert (tmp_path / out).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "pred.csv", "sub.csv"]
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)
+
+    # OUT= a symlink: its target gets the CSV and the link stays (a rename over it replaced the link).
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "kept" / "target.csv")
+    predict(synthetic_run, new, tmp_path / "link.csv", **QUIET)
+    assert (tmp_path / "link.csv").is_symlink()
+    assert len(pd.read_csv(tmp_path / "kept" / "target.csv", encoding_errors="surrogateescape")) == 3
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["target.csv"]
 
 
 def test_predict_prints_a_non_utf8_file_name_escaped(synthetic_run, tmp_path, monkeypatch):
