@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -365,6 +366,16 @@ def _found_below(files: list[str], missing: list[str]) -> tuple[str, int] | None
     return (best, counts[best]) if best is not None and counts[best] else None
 
 
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File extensions Pillow opens (lower case, with the dot), less the stub formats (HDF5, GRIB, BUFR) it never
+    decodes itself."""
+    from PIL import Image  # noqa: PLC0415
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in ("HDF5", "GRIB", "BUFR"))
+
+
 class _FileIndex:
     """The files below DATA (relative paths, as :func:`_walk` gives them) by the ids that name them."""
 
@@ -377,8 +388,14 @@ class _FileIndex:
         self._ext_case: dict[tuple[str, str], list[str]] | None = None
 
     def named(self, image_id: str) -> list[str]:
-        """The files an id names as written: its file, or every file it names without its extension."""
-        return [image_id] if image_id in self.full else self.stems.get(image_id, [])
+        """The files an id names as written: its file, or every file it names without its extension (of several,
+        the ones named like images: x.jpg beside its x.json is the image)."""
+        if image_id in self.full:
+            return [image_id]
+        found = self.stems.get(image_id, [])
+        if len(found) > 1:
+            found = [f for f in found if os.path.splitext(f)[1].lower() in image_suffixes()] or found
+        return found
 
     def other_case(self, image_id: str) -> list[str]:
         """The files an id with an extension names but for that extension's case (UP.jpg: UP.JPG)."""

@@ -39,14 +39,6 @@ def _image_paths(images: Path) -> tuple[list[Path], dict[Path, str]]:
     raise FileNotFoundError(f"IMAGES={images} does not exist; pass an image file or a folder of images")
 
 
-def _image_suffixes() -> frozenset[str]:
-    """File extensions Pillow opens, less the stub formats (HDF5, GRIB, BUFR) it never decodes itself."""
-    from PIL import Image  # noqa: PLC0415
-
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
-                     if fmt in Image.OPEN and fmt not in ("HDF5", "GRIB", "BUFR"))
-
-
 def _refuse_duplicate_ids(paths: list[Path], images: Path | None) -> None:
     """Kaggle ids are file stems and must be unique: two images with one stem would give two rows of one id.
     ``images``: the IMAGES= given, or None for the cache's test rows (``paths`` as the cache records them)."""
@@ -175,7 +167,9 @@ def predict(
     head = load_head(run / "head")
     if any(c["weights"]["kind"] == "none" for c in configs):
         log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
-    image_suffixes = _image_suffixes()
+    from extract.discover import image_suffixes  # noqa: PLC0415
+
+    suffixes = image_suffixes()
     if images is None:
         paths, proba, errors = _cached_test_rows(run, info, head)
         source = f"the test rows of RUN={run}'s cache"  # no backbone to spare: ids are checked once, below
@@ -185,7 +179,7 @@ def predict(
         if not paths:
             raise ValueError(f"IMAGES={images} has no images; point IMAGES= at a folder of images or one image file")
         if submission:  # before the backbone runs: files named like images get a row whether they decode or not
-            _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in image_suffixes], images)
+            _refuse_duplicate_ids([p for p in paths if p.suffix.lower() in suffixes], images)
         proba = np.full((len(paths), len(class_names)), np.nan)
         if len(configs) == 1:  # the head classifies each batch as it comes: one batch's features in memory
 
@@ -225,7 +219,7 @@ def predict(
     if submission:
         # A test image that fails to decode still needs its row (Kaggle wants every id); a readme.txt is no test
         # image, so it must not become an id.
-        keep = ok | np.array([p.suffix.lower() in image_suffixes for p in paths], bool)
+        keep = ok | np.array([p.suffix.lower() in suffixes for p in paths], bool)
         if (~keep).any():
             left = np.flatnonzero(~keep)
             log(f"left out of the submission: {len(left)} file{'s' if len(left) > 1 else ''} that "

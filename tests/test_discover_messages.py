@@ -342,6 +342,11 @@ def test_an_id_without_extension_naming_two_files_is_refused_naming_both(tmp_pat
     labelled = {it.relpath: found.class_names[it.label] for it in found.items}
     assert (labelled[f"{first}.jpg"], labelled[f"{first}.png"]) == ("circle", "square")
     assert found.skipped == []
+    # An image beside a file that is not one (its metadata, x.json): the id names the image, as it always did.
+    (images / f"{second}.json").write_text("{}")
+    found = discover(images, labels=csv)
+    assert [it.relpath for it in found.items if it.relpath.startswith(second)] == [f"{second}.jpg"]
+    assert [(s.relpath, s.reason.split(":")[0]) for s in found.skipped] == [(f"{second}.json", "not in labels")]
 
 
 def test_ids_spelled_otherwise_than_their_file_are_matched_with_a_note_when_that_is_one_file(tmp_path):
