@@ -43,11 +43,10 @@ import tensorflow as tf
 from .base import Head, load_head
 from .predict import read_run_info
 from .registry import list_heads
-from .train import EXPORT_FILES
+from .train import EXPORT_FILES, EXPORT_FORMAT_FILES
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
 FORMATS = ("keras", "saved_model", "tflite")
-FORMAT_FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
 # How a linear head with one coef row (two classes) scores its two columns: (first, second) × z.
 _BINARY_COLUMNS = {"softmax": (0.0, 1.0), "softmax-pm": (-1.0, 1.0), "ovr-sigmoid": (0.0, 1.0)}
 CHECK_IMAGES = 8
@@ -590,28 +589,28 @@ def export_run(
         log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
     # Listed before anything is written: an export that stops half-way (an error, a kill) leaves an export.json
     # naming its files, so the next export replaces them instead of refusing them as the user's.
-    planned = {"labels": "labels.json", **{f: FORMAT_FILES[f] for f in FORMATS if f in formats}}
+    planned = {"labels": "labels.json", **{f: EXPORT_FORMAT_FILES[f] for f in FORMATS if f in formats}}
     (out_dir / "export.json").write_text(json.dumps(
         {"files": planned, "incomplete": "this export did not finish; run `make export` again"}, indent=2))
     files: dict[str, str] = {}
     (out_dir / "labels.json").write_text(json.dumps(exp.labels, indent=2))
     files["labels"] = "labels.json"
     if "keras" in formats:
-        model.save(out_dir / FORMAT_FILES["keras"])
-        files["keras"] = FORMAT_FILES["keras"]
+        model.save(out_dir / EXPORT_FORMAT_FILES["keras"])
+        files["keras"] = EXPORT_FORMAT_FILES["keras"]
     if "saved_model" in formats:
-        _write_saved_model(model, exp.labels, size, out_dir / "saved_model")
-        files["saved_model"] = "saved_model"
+        _write_saved_model(model, exp.labels, size, out_dir / EXPORT_FORMAT_FILES["saved_model"])
+        files["saved_model"] = EXPORT_FORMAT_FILES["saved_model"]
     tflite_error = ""
     if "tflite" in formats:
         try:
-            model.export(str(out_dir / "model.tflite"), format="litert", verbose=False)
+            model.export(str(out_dir / EXPORT_FORMAT_FILES["tflite"]), format="litert", verbose=False)
             # The converter can write a file the TFLite interpreter cannot run (Select TF ops: a bfloat16 or
             # float16 backbone); loading it here finds that now, not on the device.
-            _tflite_outputs(out_dir / "model.tflite", np.zeros((1, size, size, 3), np.uint8))
-            files["tflite"] = "model.tflite"
+            _tflite_outputs(out_dir / EXPORT_FORMAT_FILES["tflite"], np.zeros((1, size, size, 3), np.uint8))
+            files["tflite"] = EXPORT_FORMAT_FILES["tflite"]
         except Exception as err:  # noqa: BLE001  (TFLite is a bonus: any converter failure is reported, not fatal)
-            (out_dir / "model.tflite").unlink(missing_ok=True)
+            (out_dir / EXPORT_FORMAT_FILES["tflite"]).unlink(missing_ok=True)
             tflite_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             precision = {c.get("precision", "float32") for c in _cache_configs(exp.info)} - {"float32"}
             if precision:
@@ -659,7 +658,7 @@ def export_run(
                 np.abs(np.asarray(model(decoded, training=False)) - probs).max())
             if "tflite" in files:
                 checks["tflite_vs_keras_max_abs_diff"] = float(
-                    np.abs(_tflite_outputs(out_dir / "model.tflite", images) - probs).max())
+                    np.abs(_tflite_outputs(out_dir / EXPORT_FORMAT_FILES["tflite"], images) - probs).max())
             if checks["keras_vs_head_max_abs_diff"] > CHECK_TOLERANCE:
                 log(f"WARNING: the exported model differs from the head on cached features by up to "
                     f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability: the rebuilt backbone computes "

@@ -34,7 +34,8 @@ EXIT_ACCURACY = 3  # the CLI's exit code when ASSERT_ACCURACY fails
 # What train_head writes into a run folder, and export/ (`make export`'s default OUT): a retrain replaces them all.
 RUN_OUTPUTS = ("head", "metrics.json", "run.json", "confusion_matrix.png", "training_curves.png", "report.html")
 EXPORT_DIR = "export"
-EXPORT_FILES = ("labels.json", "export.json", "model.keras", "saved_model", "model.tflite")
+EXPORT_FORMAT_FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite"}
+EXPORT_FILES = ("labels.json", "export.json", *EXPORT_FORMAT_FILES.values())
 
 
 class AccuracyBelowThreshold(Exception):
