@@ -540,20 +540,24 @@ def train_head(
             log(f"NOTE: {len(unseen)} class{'es have' if len(unseen) > 1 else ' has'} no validation image: "
                 f"{', '.join(unseen[:10])}{', ...' if len(unseen) > 10 else ''}; val accuracy says nothing about "
                 f"{'them' if len(unseen) > 1 else 'it'} (a larger VAL= or another SEED= changes the split)")
+
         def n_zero(X: np.ndarray) -> int:
             return int((~X.reshape(len(X), -1).any(axis=1)).sum()) if len(X) else 0
 
-        splits = {"training": data.train, "validation": data.val}
-        train_blocks = source.blocks(source.rows("train", train_rounds), int(getattr(model, "block_rows", 0)) or 1)
-        zero_rows = {  # a streaming head has no training array: its rows are counted block by block
-            "training": sum(n_zero(X) for X, _ in train_blocks()) if model.streaming else n_zero(data.train.X),
-            "validation": n_zero(data.val.X)}
-        if any(zero_rows.values()):  # extraction warned once; a reused cache (compare-backbones) must say it again
-            log("WARNING: " + " and ".join(f"{n:,} of the {len(splits[s]):,} {s} rows"
-                                          for s, n in zero_rows.items() if n)
-                + f" of {names} have all-zero features: no head can tell them apart, so this run's figures say "
-                  f"little. `make verify FEATURES=...` lists them; re-extract with DTYPE=float32 if the cache is "
-                  f"float16, and check WEIGHTS= (random weights can give tiny or zero features)")
+        zero_rows = {"training": 0 if model.streaming else n_zero(data.train.X), "validation": n_zero(data.val.X)}
+
+        def warn_zero_rows() -> None:
+            """Extraction warned once; a cache reused later (compare-backbones) must say it again."""
+            shown = [f"{zero_rows[split]:,} of the {len(part):,} {split} rows"
+                     for split, part in (("training", data.train), ("validation", data.val)) if zero_rows[split]]
+            if shown:
+                log("WARNING: " + " and ".join(shown) + f" of {names} have all-zero features: no head can tell them "
+                    f"apart, so this run's figures say little. `make verify FEATURES=...` lists them; re-extract with "
+                    f"DTYPE=float32 if the cache is float16, and check WEIGHTS= (random weights can give tiny or "
+                    f"zero features)")
+
+        if not model.streaming:  # a streaming head's training rows are counted on its train-accuracy pass, below
+            warn_zero_rows()
         validation = (data.val.X, data.val.y) if len(data.val) else None
         train_index = source.rows("train", train_rounds)
         start = time.perf_counter()
@@ -570,9 +574,13 @@ def train_head(
         val_proba, predict_ms = _predict_timed(model, data.val.X, n_classes)
         val = evaluate(val_proba, data.val.y)
         test = evaluate(full_proba(model, data.test.X, n_classes), data.test.y)
-        if model.streaming:
-            train_proba = np.concatenate([full_proba(model, X, n_classes)
-                                          for X, _ in source.blocks(train_index, int(model.block_rows))()])
+        if model.streaming:  # one pass gives the accuracy and the all-zero count: no extra read of a big cache
+            parts = []
+            for X, _ in source.blocks(train_index, int(model.block_rows))():
+                zero_rows["training"] += n_zero(X)
+                parts.append(full_proba(model, X, n_classes))
+            train_proba = np.concatenate(parts)
+            warn_zero_rows()
         else:
             train_proba = full_proba(model, data.train.X, n_classes)
         train_acc = evaluate(train_proba, data.train.y)["accuracy"]
