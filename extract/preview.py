@@ -33,19 +33,22 @@ def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4
 
     spec = parse_augment(augment)
     found = discover(data, labels=labels, val=val, seed=seed, id_col=id_col, label_col=label_col)
-    candidates, left_out = [it for it in found.items if it.split == TRAIN], []
+    candidates, left_out, readable = [it for it in found.items if it.split == TRAIN], [], set()
     while True:  # a file that does not decode (extraction skips it) would show as black tiles: pick another
         picks = pick_by_class(candidates, n_images)
-        failed = []
+        failed = set()
         for it in picks:
+            if it.relpath in readable:  # decoded on an earlier pick
+                continue
             try:
                 load_array(it.abspath, size)
+                readable.add(it.relpath)
             except DecodeError as err:
-                failed.append(it)
+                failed.add(it.relpath)
                 left_out.append(f"{it.relpath} ({err.reason})")
         if not failed:
             break
-        candidates = [it for it in candidates if it not in failed]
+        candidates = [it for it in candidates if it.relpath not in failed]
     if left_out:
         log(f"left out {len(left_out)} training file{'s that do' if len(left_out) > 1 else ' that does'} not decode "
             f"(extraction skips {'them' if len(left_out) > 1 else 'it'} too): " + "; ".join(left_out[:5])
