@@ -621,17 +621,19 @@ def export_run(
     checks: dict[str, Any] = {}
     if check:
         left_out: list[str] = []
+        by_pillow: dict[Path, np.ndarray] = {}  # each chosen image's pixels as each decoder made them
+        by_tf: dict[Path, np.ndarray] = {}
 
         def both_decoders_read(path: Path) -> bool:
             """Pillow (extract's decoder) and TensorFlow's (serving_default's): TIFF, ICO or AVIF were cached but
             cannot be served as bytes; a file emptied since extraction cannot be checked."""
             try:
-                load_array(str(path), size)
+                by_pillow[path] = load_array(str(path), size)
             except DecodeError as err:
                 left_out.append(f"{path.name} ({err.reason})")
                 return False
             try:
-                decode_images([path], size)
+                by_tf[path] = decode_images([path], size)[0]
             except (tf.errors.OpError, ValueError) as err:
                 left_out.append(f"{path.name} (serving_default cannot decode it: "
                                 f"{str(err).strip().splitlines()[0][:160]})")
@@ -648,11 +650,11 @@ def export_run(
         if why:
             checks["skipped"] = why
         else:
-            images = np.stack([load_array(str(p), size) for p in paths])
+            images = np.stack([by_pillow[p] for p in paths])
             probs = np.asarray(model(images, training=False))
             checks["images"] = len(paths)
             checks["keras_vs_head_max_abs_diff"] = float(np.abs(probs - exp.head.predict_proba(cached)).max())
-            decoded = decode_images(paths, size)
+            decoded = np.stack([by_tf[p] for p in paths])
             checks["tf_decode_vs_pillow_max_pixel_diff"] = int(np.abs(decoded.astype(int) - images).max())
             checks["bytes_path_vs_pillow_path_max_abs_diff"] = float(
                 np.abs(np.asarray(model(decoded, training=False)) - probs).max())
