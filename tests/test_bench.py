@@ -70,8 +70,8 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     # A target the run could not measure is reported as such, not left out.
     assert "- b/c at 100 px ≥ 1.25: not measured (the classic loop did not run" in report
     # Each round's own marginal rates, and the ratios per round beside the fastest-of verdicts.
-    assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); b/a (n/a|\d\.\d\d)$", report, re.M)
-    assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d\.\d\d); median (n/a|\d\.\d\d)\)", report)
+    assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); b/a (n/a|\d+\.\d\d)$", report, re.M)
+    assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d+\.\d\d); median (n/a|\d+\.\d\d)\)", report)
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
 
 
