@@ -112,3 +112,81 @@ def heads_cli(*args: str):
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return subprocess.CompletedProcess(["python", "-m", "heads", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def reuse_random_backbones():
+    """Within one test process, ``extract.pipeline.load_backbone`` (extract, predict, export) builds each
+    ``WEIGHTS=none`` backbone once and hands the same model, and its traced function, to later calls.
+
+    Building Xception costs ~1.1 s here (its 21M weights' initialisers) and tracing plus the first call ~0.6 s,
+    about a hundred times in the suite. ``WEIGHTS=none`` is seeded, so a second build gives the same weights:
+    test_extract's ``test_a_random_backbone_rebuilds_with_the_same_weights`` builds twice for real, tests marked
+    ``rebuild`` (predict against the cache) build every time, and so does every test's subprocess. A hit still
+    reseeds and restores the random state a real build leaves behind. Weights files, ImageNet and distribution
+    strategies always build, and a test that patches ``extract.backbones.build_backbone`` gets its patch. Tests
+    that change a model's weights build their own with ``extract.backbones.build_backbone``, left alone here.
+    """
+    import random
+    from collections import OrderedDict
+
+    import keras
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    from extract import backbones, pipeline
+
+    real_build, real_trace = backbones.build_backbone, backbones.backbone_function
+    built: OrderedDict = OrderedDict()  # key → (model, its name, the random state a real build left)
+    traced: dict = {}  # (id(model), dtype) → BackboneFunction, for models held in ``built`` only
+
+    def random_state():
+        gen = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+        return random.getstate(), np.random.get_state(), None if gen is None else gen.state.numpy()
+
+    def build(spec, size, pooling, weights, seed=0, precision="float32"):
+        import tensorflow as tf
+
+        if (backbones.build_backbone is not real_build or weights != "none" or tf.distribute.has_strategy()
+                or _REBUILD[0]):
+            return backbones.build_backbone(spec, size, pooling, weights, seed=seed, precision=precision)
+        key = (spec.name, size, pooling, seed, precision)
+        if key not in built:
+            model = real_build(spec, size, pooling, weights, seed=seed, precision=precision)
+            built[key] = (model, model.name, random_state())
+            while len(built) > 6:  # a few MB to ~100 MB each: keep the recent ones
+                old = built.popitem(last=False)[1][0]
+                traced.pop((id(old), "uint8"), None), traced.pop((id(old), "float32"), None)
+            return model
+        built.move_to_end(key)
+        model, name, (py_state, np_state, keras_state) = built[key]
+        keras.utils.set_random_seed(seed)
+        if keras_state is not None:
+            seed_generator.global_seed_generator().state.assign(keras_state)
+        random.setstate(py_state), np.random.set_state(np_state)
+        model.name = name  # export renames the backbone it wraps
+        return model
+
+    def trace(model, dtype="float32"):
+        if not any(model is entry[0] for entry in built.values()):
+            return real_trace(model, dtype)
+        key = (id(model), str(getattr(dtype, "name", dtype)))
+        if key not in traced:
+            traced[key] = real_trace(model, dtype)
+        return traced[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "build_backbone", build)
+        patch.setattr(pipeline, "backbone_function", trace)
+        yield
+
+
+_REBUILD = [False]  # set for tests marked ``rebuild``
+
+
+@pytest.fixture(autouse=True)
+def rebuild_marker(request):
+    """``@pytest.mark.rebuild``: this test's backbones are built for real, never reused (see above)."""
+    _REBUILD[0] = request.node.get_closest_marker("rebuild") is not None
+    yield
+    _REBUILD[0] = False

@@ -35,6 +35,7 @@ def kaggle(tmp_path_factory):
     return images, csv, test, cache
 
 
+@pytest.mark.rebuild  # predict builds the backbone again: its features must be the cached ones
 @pytest.mark.parametrize("head_name,args", [("logreg", {}), ("dense", {"epochs": 20})])
 def test_heads_train_and_predict_matches_the_cached_features(kaggle, tmp_path, head_name, args, monkeypatch):
     images, csv, test, cache = kaggle

@@ -53,6 +53,18 @@ def test_features_equal_the_backbones_direct_output(folder_data, folder_cache):
     np.testing.assert_allclose(cached[picks], direct, atol=1e-5, rtol=1e-4)
 
 
+def test_a_random_backbone_rebuilds_with_the_same_weights():
+    """WEIGHTS=none is seeded: predict and export rebuild the extraction's network (the suite reuses one build
+    per process, see conftest's reuse_random_backbones; these are real builds), and another seed is another."""
+    spec = get_backbone("xception")
+    first, again = (build_backbone(spec, SIZE, "avg", "none", seed=0) for _ in range(2))
+    other = build_backbone(spec, SIZE, "avg", "none", seed=1)
+    assert first is not again and len(first.weights) == len(again.weights) == 234
+    for a, b, c in zip(first.weights, again.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert sum(not np.array_equal(a.numpy(), c.numpy()) for a, c in zip(first.weights, other.weights)) == 74  # its kernels
+
+
 def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
     """The traced graph uses TensorFlow's fused kernel (Keras 3 alone emits multiply/add passes); the
     features equal the plain Keras call with trained-looking batch-norm statistics; Keras is left untouched."""
