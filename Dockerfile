@@ -15,7 +15,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 1000 headswap
+# WORKDIR would create /app as root, and COPY --chown changes what it copies, not a destination that exists: the
+# user would then be unable to create .venv in it. The volumes' mount points are made here too, so an anonymous
+# volume (no -v for it) starts owned by the user instead of by root.
+RUN useradd --create-home --uid 1000 headswap \
+    && install -d -o headswap -g headswap /app /app/runs /home/headswap/.keras /home/headswap/.keras/models
 WORKDIR /app
 COPY --chown=headswap:headswap . /app
 USER 1000

