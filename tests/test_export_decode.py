@@ -119,3 +119,38 @@ def test_the_bytes_path_refuses_too_many_pixels_as_make_predict_does(monkeypatch
     fake = _encoded(photo(60, 50), "PNG")[:16] + (100_000).to_bytes(4, "big") * 2 + b"\x00" * 40
     with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
         decode_image_bytes(tf.constant(fake), 32)
+
+
+def _readme_load_pixels():
+    """The `load_pixels` of the README's serving snippet (a server without headswap decodes with it)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("def load_pixels(")
+    code = readme[start:readme.index("\n\n", start)]
+    namespace: dict = {}
+    exec("import numpy as np\nfrom PIL import Image, ImageOps\n" + code, namespace)  # noqa: S102
+    return namespace["load_pixels"]
+
+
+@pytest.mark.parametrize("size", [71, 100])
+def test_the_readmes_headswap_free_decode_is_load_array(tmp_path, size):
+    """Large JPEGs (DCT-scaled), EXIF-rotated, MPO-free small ones, RGBA, LA, palette with transparency, greyscale."""
+    load_pixels = _readme_load_pixels()
+    base = photo(500, 375, seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    palette.info["transparency"] = 3
+    cases = {
+        "big.jpg": jpeg(base), "rotated.jpg": jpeg(base, exif=exif.tobytes()), "small.jpg": jpeg(photo(80, 60)),
+        "grey.jpg": jpeg(base.convert("L")), "rgba.png": _encoded(rgba, "PNG"),
+        "la.png": _encoded(rgba.convert("LA"), "PNG"), "palette.png": _encoded(palette, "PNG"),
+        "small.png": _encoded(photo(64, 48), "PNG"), "plain.bmp": _encoded(base, "BMP"),
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        np.testing.assert_array_equal(load_pixels(str(path), size), load_array(str(path), size), err_msg=name)
