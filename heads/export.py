@@ -550,6 +550,32 @@ def _previous_export(out_dir: Path) -> list[str]:
     return []
 
 
+def _provenance(run: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment records beside the model: when and with what it was made (a SavedModel or .keras file
+    needs a TensorFlow/Keras at least as new to load), the backbone(s) and their weights, and the run's metrics."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        headswap = version("headswap")
+    except PackageNotFoundError:
+        headswap = None
+    metrics_file = run / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    except ValueError:
+        metrics = {}
+    keep = ("n_train", "n_val", "val_accuracy", "val_top5_accuracy", "val_log_loss", "test_accuracy")
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"headswap": headswap, "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": sys.version.split()[0]},
+        "backbones": [{"name": c["backbone"]["name"], "size": c["size"], "pooling": c["pooling"],
+                       "dtype": c["dtype"], "precision": c.get("precision", "float32"), "weights": c["weights"]}
+                      for c in _cache_configs(info)],
+        "metrics": {k: metrics[k] for k in keep if k in metrics},
+    }
+
+
 def export_run(
     run: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -679,6 +705,7 @@ def export_run(
         "run": str(run.resolve()),
         "head": exp.head.name,
         "labels": exp.labels,
+        **_provenance(run, exp.info),
         "files": files,
         "tflite_error": tflite_error or None,
         "keras_input": {"name": "image", "dtype": "uint8", "shape": [None, size, size, 3],

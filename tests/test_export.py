@@ -282,3 +282,22 @@ def test_cli_export(folder_cache, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--run", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err
+
+
+def test_export_json_records_versions_backbone_and_metrics(folder_cache, tmp_path):
+    """A deployment needs to know what it ships: the TensorFlow/Keras that wrote the model, the backbone and its
+    weights, and how well the head did."""
+    import calendar
+    import time
+
+    result = train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), check=False, **QUIET)
+    manifest = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert manifest["versions"]["tensorflow"] == tf.__version__ and manifest["versions"]["keras"] == keras.__version__
+    assert "headswap" in manifest["versions"]
+    created = calendar.timegm(time.strptime(manifest["created"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(time.time() - created) < 600
+    (backbone,) = manifest["backbones"]
+    assert backbone["name"] == "xception" and backbone["size"] == SIZE and backbone["weights"] == {"kind": "none"}
+    assert manifest["metrics"]["val_accuracy"] == result.metrics["val_accuracy"]
+    assert manifest["metrics"]["n_train"] == result.metrics["n_train"]
