@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 import re
@@ -96,7 +97,8 @@ def test_exported_model_equals_the_head_on_cached_features(name, folder_cache, c
 
 
 @pytest.mark.slow
-def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, cached_images, tmp_path):
+def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, cached_images, tmp_path, monkeypatch,
+                                                    capsys):
     images, X, paths = cached_images
     result = train_head("logreg", folder_cache, tmp_path / "run", plots=False, **QUIET)
     logs = []
@@ -132,6 +134,20 @@ def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, c
     np.testing.assert_allclose(probs, expected, atol=1e-3)
     np.testing.assert_allclose(probs, np.asarray(exported.model(decode_images(encoded, SIZE))), atol=1e-5)
     assert [s.decode() for s in by_bytes["label"].numpy()] == [CLASSES[i] for i in probs.argmax(1)]
+
+    # The README's serverless handler, as written there, on this SavedModel.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python\nimport base64, os")
+    monkeypatch.setenv("MODEL_DIR", str(out / "saved_model"))
+    namespace: dict = {}
+    exec(readme[start + len("```python\n"):readme.index("```", start + 3)], namespace)  # noqa: S102
+    answer = namespace["handler"]({"image": base64.b64encode(encoded[0]).decode()})
+    assert answer["statusCode"] == 200 and answer["label"] == CLASSES[probs[0].argmax()]
+    np.testing.assert_allclose(answer["probability"], probs[0].max(), atol=1e-6)
+    capsys.readouterr()
+    truncated_jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 truncated").decode()
+    assert namespace["handler"]({"image": truncated_jpeg})["statusCode"] == 400
+    assert "Invalid JPEG data" in capsys.readouterr().out  # the reason, in the function's log
 
     if "tflite" in manifest["files"]:
         assert checks["tflite_vs_keras_max_abs_diff"] < TOL

@@ -60,9 +60,10 @@ def test_a_random_backbone_rebuilds_with_the_same_weights():
     first, again = (build_backbone(spec, SIZE, "avg", "none", seed=0) for _ in range(2))
     other = build_backbone(spec, SIZE, "avg", "none", seed=1)
     assert first is not again and len(first.weights) == len(again.weights) == 234
-    for a, b, c in zip(first.weights, again.weights, other.weights):
+    for a, b in zip(first.weights, again.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    assert sum(not np.array_equal(a.numpy(), c.numpy()) for a, c in zip(first.weights, other.weights)) == 74  # its kernels
+    changed = sum(not np.array_equal(a.numpy(), c.numpy()) for a, c in zip(first.weights, other.weights))
+    assert changed == 74  # its kernels (batch norms start at 0 and 1 whatever the seed)
 
 
 def test_the_backbone_runs_with_fused_batch_norm_and_keras_is_left_as_it_was():
