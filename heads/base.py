@@ -61,6 +61,11 @@ class Head(ABC):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         ...
 
+    def cost_note(self, n_rows: int, n_classes: int) -> str:
+        """A line said before fitting when this head would take long on ``n_rows`` training rows of ``n_classes``
+        classes ("" when it would not): the user can stop it, or pick another head, before waiting."""
+        return ""
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class labels of shape (n_samples,)."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

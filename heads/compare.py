@@ -12,7 +12,7 @@ import pandas as pd
 from extract.cache import DEFAULT_DIR
 
 from .base import RareClassError
-from .registry import canonical_head, head_class, list_heads
+from .registry import canonical_head, create_head, head_class, list_heads
 from .train import (
     RANDOM_WEIGHTS_NOTE,
     AccuracyBelowThreshold,
@@ -87,6 +87,12 @@ def compare_heads(
             if not len(source.rows("val")):
                 raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "
                                  f"{','.join(map(str, paths))} has none; extract with VAL>0")
+    with FeatureSource(paths) as source:  # a head that would take long says so before the first head trains
+        n_rows, n_classes = len(source.rows("train", train_rounds)), len(source.class_names)
+    for name in heads:
+        cost = create_head(name).cost_note(n_rows, n_classes)
+        if cost:
+            log(f"NOTE: {cost}")
     stem = "+".join(p.stem for p in paths)
     out_dir = Path(out_dir) if out_dir else Path("runs") / stem
     metrics: list[dict[str, Any]] = []

@@ -39,6 +39,20 @@ class LinearSVMHead(Head):
         self.cv = cv
         self.seed = seed
 
+    #: rows × liblinear fits from which ``cost_note`` speaks: on 120 classes of 8,165 rows (2,048 random-weight
+    #: features, 71 px) one class's SVM took 120-142 s at max_iter=1000 and 21-22 s at max_iter=100, one core
+    SLOW_ROW_FITS = 500_000
+
+    def cost_note(self, n_rows: int, n_classes: int) -> str:
+        fits = (1 if n_classes <= 2 else n_classes) * (int(self.cv) + 1)
+        if fits * n_rows < self.SLOW_ROW_FITS:
+            return ""
+        return (f"linear-svm fits {fits:,} one-vs-rest SVMs ({n_classes:,} classes x {int(self.cv) + 1}: cv={self.cv} "
+                f"calibration folds and the final fit) of up to max_iter={self.max_iter} passes over {n_rows:,} rows, "
+                f"one after another on one core, with no progress output (Ctrl-C waits for the fold's last class): with "
+                f"many classes that takes hours, even at max_iter=100. HEAD=logreg is the fast linear head; in "
+                f"make compare-heads leave linear-svm out: HEADS=logreg,dense,knn,ridge,sgd")
+
     def fit(self, X, y, validation_data=None, groups=None):
         from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415

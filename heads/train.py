@@ -529,6 +529,9 @@ def train_head(
         note = joined_sizes_note(paths, data.configs)
         if note:
             log(f"NOTE: {note}")
+        cost = model.cost_note(len(data.train), n_classes)
+        if cost:  # before the fit, not after hours of silence
+            log(f"NOTE: {cost}")
 
         untrained = [name for k, name in enumerate(data.class_names) if k not in set(np.unique(data.train.y).tolist())]
         if untrained:

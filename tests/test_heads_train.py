@@ -353,3 +353,49 @@ def test_all_zero_feature_rows_are_warned_about_at_training(tmp_path):
     clean = train_head("logreg", write_cache(tmp_path / "ok.h5", *blobs(n_per_class=20, d=8)), tmp_path / "ok",
                        plots=False, log=said.append)
     assert clean.metrics["all_zero_rows"] == 0 and sum("all-zero" in m for m in said) == 1
+
+
+class _Stop(Exception):
+    """Stands in for the long fit: the test only needs to see what was said before it."""
+
+
+def test_linear_svm_says_before_fitting_when_many_classes_would_take_hours(tmp_path, monkeypatch):
+    """Kaggle Dog Breed scale (120 classes, ~8,000 rows): linear-svm ran silent for hours; now a NOTE comes first."""
+    from heads import compare
+    from heads.linear_svm import LinearSVMHead
+
+    names = [f"breed_{k:02d}" for k in range(40)]
+    y = np.repeat(np.arange(40), 100)
+    X = np.random.default_rng(0).normal(size=(len(y), 4)).astype(np.float32)
+    split = list(np.where(np.arange(len(y)) % 5 == 0, "val", "train"))
+    many = write_cache(tmp_path / "many.h5", X, y, split, class_names=names)
+    logs: list[str] = []
+    said_at_fit: list[list[str]] = []
+
+    def fit(self, *args, **kwargs):
+        said_at_fit.append(list(logs))
+        raise _Stop
+
+    monkeypatch.setattr(LinearSVMHead, "fit", fit)
+    with pytest.raises(_Stop):
+        train_head("linear-svm", many, tmp_path / "run", log=logs.append)
+    notes = [m for m in said_at_fit[0] if m.startswith("NOTE: linear-svm fits 160 one-vs-rest SVMs (40 classes x 4")]
+    assert len(notes) == 1 and "3,200 rows" in notes[0] and "HEADS=logreg,dense,knn,ridge,sgd" in notes[0]
+
+    # compare-heads says it before its first head trains, not when linear-svm's turn comes
+    logs.clear()
+    def first_head(*args, **kwargs):
+        said_at_fit.append(list(logs))
+        raise _Stop
+
+    monkeypatch.setattr(compare, "train_head", first_head)
+    with pytest.raises(_Stop):
+        compare.compare_heads(many, ["logreg", "linear-svm"], tmp_path / "cmp", log=logs.append)
+    assert any(m.startswith("NOTE: linear-svm fits 160") for m in said_at_fit[-1])
+
+    # a small data set fits in seconds: nothing to say
+    logs.clear()
+    monkeypatch.undo()
+    train_head("linear-svm", write_cache(tmp_path / "few.h5", *blobs(20)), tmp_path / "few", plots=False,
+               log=logs.append)
+    assert not [m for m in logs if "one-vs-rest" in m]
