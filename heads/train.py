@@ -312,7 +312,9 @@ def _check_finite(X: np.ndarray, where: str, features: str) -> None:
 def scored_on(metrics: dict[str, Any]) -> str:
     """One line for a comparison table: what every row was trained and scored on, and what one val image is worth."""
     n_val, rounds = metrics["n_val"], metrics.get("train_rounds", "all")
-    worth = f"; one image is {100 / n_val:.1f} points of accuracy" if n_val else ""
+    points = 100 / n_val if n_val else 0  # 2,054 val images: 0.049, which one decimal would print as 0.0
+    worth = f"; one image is {points:.1f} points of accuracy" if points >= 1 else (
+        f"; one image is {points:.2g} points of accuracy" if n_val else "")
     return (f"Trained on {metrics['n_train']:,} rows (TRAIN_ROUNDS={rounds}: "
             + {"all": "every view", "clean": "the clean view"}.get(rounds, "the augmented views")
             + " of each training image), scored on "

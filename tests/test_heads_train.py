@@ -399,3 +399,17 @@ def test_linear_svm_says_before_fitting_when_many_classes_would_take_hours(tmp_p
     train_head("linear-svm", write_cache(tmp_path / "few.h5", *blobs(20)), tmp_path / "few", plots=False,
                log=logs.append)
     assert not [m for m in logs if "one-vs-rest" in m]
+
+
+def test_what_one_val_image_is_worth_keeps_its_digits_on_a_large_val_split():
+    """2,054 val images (Kaggle Dog Breed at VAL=0.2): one image is 0.049 points, not '0.0 points'."""
+    from heads.train import scored_on
+
+    def worth(n_val: int) -> str:
+        return scored_on({"n_val": n_val, "n_train": 8_165}).split("; ")[-1]
+
+    assert worth(2_054) == "one image is 0.049 points of accuracy."
+    assert worth(205) == "one image is 0.49 points of accuracy."
+    assert worth(64) == "one image is 1.6 points of accuracy."
+    assert worth(10) == "one image is 10.0 points of accuracy."
+    assert "points" not in scored_on({"n_val": 0, "n_train": 10})
