@@ -411,9 +411,15 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
                             f"retrying them")
         if not same_data:
             added, removed, modified = _row_changes(have, skipped_before, found)
+            # A skip records no file stamp, so a file skipped last time is decoded again whether or not it was
+            # replaced: say so, or "0 modified" would be followed by more extracted views than added images.
+            now = {it.relpath for it in found.items}
+            retried = sum(p in now for p in {p for p, _ in skipped_before})
             messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
                             f"{modified:,} modified" + ("" if added or removed or modified else
-                                                       " (labels or splits changed: the rows are relabelled)"))
+                                                       " (labels or splits changed: the rows are relabelled)")
+                            + (f"; {retried:,} file{'s' if retried > 1 else ''} skipped last time "
+                               f"{'are' if retried > 1 else 'is'} tried again" if retried else ""))
     parts = cache_mod.parts_dir(path)
     if parts.is_dir():
         parts_key = cache_mod.parts_config_key(parts)

@@ -148,3 +148,22 @@ def test_rows_stored_as_all_zero_features_are_warned_about(tmp_path, monkeypatch
     extract_features(data, out=tmp_path / "f32.h5", size=SIZE, weights="none", batch_size=4, dtype="float32",
                      progress=False, log=logs.append)
     assert not any("all-zero" in m for m in logs)  # 1e-11 is not 0 in float32
+
+
+def test_change_counts_say_that_files_skipped_last_time_are_tried_again(tmp_path):
+    """A Kaggle re-download replaces a truncated image: it is extracted again, and the change line says why
+    (it used to read "1 added, 0 removed, 0 modified" and then extract 2 views)."""
+    data = write_class_folders(tmp_path / "d", per_class=3)
+    broken = data / "square" / "broken.png"
+    broken.write_bytes(b"not a png")
+    cache = tmp_path / "c.h5"
+    extract_features(data, out=cache, **quiet())
+    rng = np.random.default_rng(3)
+    draw("square", rng).save(broken)  # fixed
+    draw("circle", rng).save(data / "circle" / "new.png")
+    logs: list[str] = []
+    result = extract_features(data, out=cache, **quiet(logs))
+    assert any(line.endswith("1 added, 0 removed, 0 modified; 1 file skipped last time is tried again")
+               for line in logs), logs
+    with FeatureCache(result.path) as c:
+        assert "square/broken.png" in c.column("path").tolist() and c.skipped() == []
