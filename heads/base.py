@@ -62,8 +62,9 @@ class Head(ABC):
         ...
 
     def cost_note(self, n_rows: int, n_classes: int) -> str:
-        """A line said before fitting when this head would take long on ``n_rows`` training rows of ``n_classes``
-        classes ("" when it would not): the user can stop it, or pick another head, before waiting."""
+        """Why this head would take long on ``n_rows`` training rows of ``n_classes`` classes, said before fitting
+        ("" when it would not): the user can stop it, or pick another head, before waiting. ``make compare-heads``
+        leaves such a head out unless HEADS= names it."""
         return ""
 
     def predict(self, X: np.ndarray) -> np.ndarray:

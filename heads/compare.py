@@ -65,7 +65,10 @@ def compare_heads(
     assert_accuracy: float | None = None,
     log: Callable[[str], None] = _log,
 ) -> pd.DataFrame:
-    """Fit each head in ``heads`` (default: all registered) on ``features``; write ``compare.md`` and ``compare.png``.
+    """Fit each head in ``heads`` on ``features``; write ``compare.md`` and ``compare.png``.
+
+    ``heads`` defaults to every registered head but those whose :meth:`~heads.base.Head.cost_note` speaks on
+    this cache (hours of fitting): they get an n/a row saying why. Named in ``heads``, they run after a NOTE.
 
     Reads only the cache file(s), never the images. Returns one row per head with val accuracy,
     top-5, log loss, test accuracy (labelled test rows), train accuracy, fit seconds and
@@ -79,6 +82,7 @@ def compare_heads(
     """
     check_threshold(assert_accuracy)
     paths = feature_paths(features, cache_dir)
+    named = bool(heads)
     heads = [canonical_head(h) for h in heads] if heads else list_heads()  # HEADS=Dense is dense
     for name in heads:
         head_class(name)  # an unknown name fails here, before any training
@@ -87,12 +91,19 @@ def compare_heads(
             if not len(source.rows("val")):
                 raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "
                                  f"{','.join(map(str, paths))} has none; extract with VAL>0")
-    with FeatureSource(paths) as source:  # a head that would take long says so before the first head trains
+    # A head that would take hours on this data says so before the first head trains; when HEADS= does not name
+    # it, the comparison leaves it out (its row says why) instead of sitting silent on it.
+    with FeatureSource(paths) as source:
         n_rows, n_classes = len(source.rows("train", train_rounds)), len(source.class_names)
-    for name in heads:
+    left_out: dict[str, str] = {}
+    for name in list(heads):
         cost = create_head(name).cost_note(n_rows, n_classes)
-        if cost:
-            log(f"NOTE: {cost}")
+        if cost and named:
+            log(f"NOTE: {cost}. Leave {name} out of HEADS= to compare the others without waiting for it.")
+        elif cost:
+            left_out[name] = f"left out of the default comparison: {cost}. HEADS=...,{name} compares it anyway"
+            log(f"NOTE: {name} is {left_out[name]}")
+            heads.remove(name)
     stem = "+".join(p.stem for p in paths)
     out_dir = Path(out_dir) if out_dir else Path("runs") / stem
     metrics: list[dict[str, Any]] = []
@@ -108,19 +119,20 @@ def compare_heads(
             rows.append({"head": name, "note": f"skipped: {err}"})
         else:
             rows.append({k: metrics[-1].get(k) for k in COLUMNS})
+    rows.extend({"head": name, "note": why} for name, why in left_out.items())
     if not metrics:
         if len(skipped) == 1:
             raise next(iter(skipped.values()))
         raise ValueError(f"no head could be trained on {','.join(map(str, paths))}: "
                          + "; ".join(f"{h}: {e}" for h, e in skipped.items()))
-    columns = [*COLUMNS, "note"] if skipped else list(COLUMNS)
+    columns = [*COLUMNS, "note"] if skipped or left_out else list(COLUMNS)
     table = pd.DataFrame(rows, columns=columns)
     table = table.astype({k: float for k in COLUMNS[1:]})  # None (no labelled test rows, skipped) → NaN
-    if skipped:
+    if "note" in table:
         table["note"] = table["note"].fillna("")
     note = next((m["note"] for m in metrics if m["note"]), "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_comparison(table[~table["head"].isin(list(skipped))], out_dir / "compare.png",
+    plot_comparison(table[~table["head"].isin([*skipped, *left_out])], out_dir / "compare.png",
                     title=f"heads on {stem}" + (f"\n{RANDOM_WEIGHTS_NOTE}" if note else ""))
     cells = table.astype(object).where(table.notna(), None)  # tabulate writes n/a only for None
     md = (f"# Heads on `{', '.join(p.name for p in paths)}`\n\n{scored_on(metrics[0])}\n\n"
@@ -131,13 +143,15 @@ def compare_heads(
     if note:
         md += f"\n**Note: {RANDOM_WEIGHTS_NOTE}.**\n"
     (out_dir / "compare.md").write_text(md)
-    shown = table.drop(columns=["note"]) if skipped else table  # the notes are long: listed below instead
+    shown = table.drop(columns=["note"]) if "note" in table else table  # the notes are long: listed below instead
     log(f"\n{shown.to_string(index=False, float_format=lambda v: f'{v:.4f}', na_rep='n/a')}")
     if note:
         log(f"NOTE: {RANDOM_WEIGHTS_NOTE}")
     log(f"wrote {out_dir / 'compare.md'} and {out_dir / 'compare.png'}")
     for name, err in skipped.items():
         log(f"skipped {name}: {err}")
+    for name in left_out:
+        log(f"left out {name}: it would take hours on this data (NOTE above); HEADS=...,{name} compares it anyway")
     if assert_accuracy is not None:
         # A skipped head has no accuracy: like n/a, it does not pass the gate.
         failures = accuracy_failures(metrics, assert_accuracy) + [f"{h} skipped: {e}" for h, e in skipped.items()]

@@ -533,7 +533,7 @@ def train_head(
             log(f"NOTE: {note}")
         cost = model.cost_note(len(data.train), n_classes)
         if cost:  # before the fit, not after hours of silence
-            log(f"NOTE: {cost}")
+            log(f"NOTE: {cost}. HEAD=logreg is the fast linear head.")
 
         untrained = [name for k, name in enumerate(data.class_names) if k not in set(np.unique(data.train.y).tolist())]
         if untrained:

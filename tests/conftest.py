@@ -130,17 +130,16 @@ def reuse_random_backbones():
     import random
     from collections import OrderedDict
 
-    import keras
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-
-    from extract import backbones, pipeline
+    from extract import backbones, pipeline  # neither imports TensorFlow until a backbone is built
 
     real_build, real_trace = backbones.build_backbone, backbones.backbone_function
     built: OrderedDict = OrderedDict()  # key → (model, its name, the random state a real build left)
     traced: dict = {}  # (id(model), dtype) → BackboneFunction, for models held in ``built`` only
 
     def random_state():
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+
         gen = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
         return random.getstate(), np.random.get_state(), None if gen is None else gen.state.numpy()
 
@@ -158,6 +157,9 @@ def reuse_random_backbones():
                 old = built.popitem(last=False)[1][0]
                 traced.pop((id(old), "uint8"), None), traced.pop((id(old), "float32"), None)
             return model
+        import keras
+        from keras.src.random import seed_generator
+
         built.move_to_end(key)
         model, name, (py_state, np_state, keras_state) = built[key]
         keras.utils.set_random_seed(seed)

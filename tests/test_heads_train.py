@@ -380,7 +380,7 @@ def test_linear_svm_says_before_fitting_when_many_classes_would_take_hours(tmp_p
     with pytest.raises(_Stop):
         train_head("linear-svm", many, tmp_path / "run", log=logs.append)
     notes = [m for m in said_at_fit[0] if m.startswith("NOTE: linear-svm fits 160 one-vs-rest SVMs (40 classes x 4")]
-    assert len(notes) == 1 and "3,200 rows" in notes[0] and "HEADS=logreg,dense,knn,ridge,sgd" in notes[0]
+    assert len(notes) == 1 and "3,200 rows" in notes[0] and notes[0].endswith("HEAD=logreg is the fast linear head.")
 
     # compare-heads says it before its first head trains, not when linear-svm's turn comes
     logs.clear()
@@ -391,7 +391,19 @@ def test_linear_svm_says_before_fitting_when_many_classes_would_take_hours(tmp_p
     monkeypatch.setattr(compare, "train_head", first_head)
     with pytest.raises(_Stop):
         compare.compare_heads(many, ["logreg", "linear-svm"], tmp_path / "cmp", log=logs.append)
-    assert any(m.startswith("NOTE: linear-svm fits 160") for m in said_at_fit[-1])
+    assert any(m.startswith("NOTE: linear-svm fits 160") and "Leave linear-svm out of HEADS=" in m
+               for m in said_at_fit[-1])
+
+    # Without HEADS= (every registered head; here ridge and linear-svm) it is left out, and its row says why.
+    monkeypatch.undo()
+    monkeypatch.setattr(compare, "list_heads", lambda: ["ridge", "linear-svm"])
+    logs.clear()
+    table = compare.compare_heads(many, None, tmp_path / "default", log=logs.append)
+    assert list(table["head"]) == ["ridge", "linear-svm"] and np.isnan(table["val_accuracy"].iloc[1])
+    assert table["note"].iloc[1].startswith("left out of the default comparison: linear-svm fits 160")
+    assert not (tmp_path / "default" / "linear-svm").exists() and (tmp_path / "default" / "ridge").is_dir()
+    assert "HEADS=...,linear-svm compares it anyway" in (tmp_path / "default" / "compare.md").read_text()
+    assert logs[-1].startswith("left out linear-svm: it would take hours on this data")
 
     # a small data set fits in seconds: nothing to say
     logs.clear()
