@@ -288,27 +288,18 @@ def test_joined_caches_of_two_sizes_are_told_at_training_that_export_refuses_the
 
 
 def test_cli_export(folder_cache, tmp_path, capsys):
-    from heads.__main__ import main
-
-    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
-    main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--formats", "keras"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "labels.json", "model.keras"]
-    checks = json.loads((tmp_path / "out" / "export.json").read_text())["checks"]
-    assert checks["keras_vs_head_max_abs_diff"] < TOL
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--run", str(tmp_path / "nowhere")])
-    assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err
-
-
-def test_export_json_records_versions_backbone_and_metrics(folder_cache, tmp_path):
-    """A deployment needs to know what it ships: the TensorFlow/Keras that wrote the model, the backbone and its
-    weights, and how well the head did."""
+    """`make export`; its export.json also records what a deployment needs: the TensorFlow/Keras that wrote the
+    model, the backbone and its weights, and how well the head did."""
     import calendar
     import time
 
+    from heads.__main__ import main
+
     result = train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
-    export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), check=False, **QUIET)
+    main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--formats", "keras"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "labels.json", "model.keras"]
     manifest = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert manifest["checks"]["keras_vs_head_max_abs_diff"] < TOL
     assert manifest["versions"]["tensorflow"] == tf.__version__ and manifest["versions"]["keras"] == keras.__version__
     assert "headswap" in manifest["versions"]
     created = calendar.timegm(time.strptime(manifest["created"], "%Y-%m-%dT%H:%M:%SZ"))
@@ -317,3 +308,6 @@ def test_export_json_records_versions_backbone_and_metrics(folder_cache, tmp_pat
     assert backbone["name"] == "xception" and backbone["size"] == SIZE and backbone["weights"] == {"kind": "none"}
     assert manifest["metrics"]["val_accuracy"] == result.metrics["val_accuracy"]
     assert manifest["metrics"]["n_train"] == result.metrics["n_train"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--run", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "is not a run folder" in capsys.readouterr().err
