@@ -514,7 +514,7 @@ def _csv_items(
     index_of_files = _FileIndex(files)
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    rows, missing, again, ambiguous, respelled = [], [], [], [], []
+    rows, missing, missing_lines, again, ambiguous, respelled = [], [], [], [], [], []
     used: dict[str, tuple[str, int]] = {}  # image -> the id naming it and its line
     for k, (image_id, label) in enumerate(zip(ids, labels)):
         # Checked on the id's text, not on the resolved path: a symlink inside DATA may point elsewhere.
@@ -526,6 +526,7 @@ def _csv_items(
             named = index_of_files.respelled(image_id)
             if not named:
                 missing.append(image_id)
+                missing_lines.append(line_of[k] if line_of else k + 2)
                 continue
             respelled.append((image_id, named[0]))
         line = line_of[k] if line_of else k + 2  # without a reliable line map, as in _empty_cells_error
@@ -568,14 +569,16 @@ def _csv_items(
         if hint:
             fix = hint
         elif below is None:
-            fix = "Fix DATA= or remove those rows."
+            fix = f"Fix DATA= or remove {'that row' if len(missing) == 1 else 'those rows'}."
         elif below[1] == len(missing):
             fix = f"They are in {root / below[0]}: pass DATA={root / below[0]}."
         else:
             fix = f"{below[1]} of them are in {root / below[0]}: is DATA={root / below[0]} the image folder?"
+        named_lines = [f"{image_id} (line {line:,})" for image_id, line in zip(missing[:5], missing_lines)]
         raise DataError(
-            f"{len(missing)} ids in {labels_csv.name} have no image in DATA={root}, e.g. "
-            f"{', '.join(missing[:5])}. {fix}"
+            f"1 id in {labels_csv.name} has no image in DATA={root}: {named_lines[0]}. {fix}" if len(missing) == 1
+            else f"{len(missing):,} ids in {labels_csv.name} have no image in DATA={root}, e.g. "
+                 f"{', '.join(named_lines)}. {fix}"
         )
     if respelled:
         one = len(respelled) == 1

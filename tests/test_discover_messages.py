@@ -113,7 +113,8 @@ def test_ids_partly_found_one_folder_down_are_counted(tmp_path):
 def test_ids_found_nowhere_keep_the_plain_advice(tmp_path):
     images, csv, lines = _kaggle_rows(tmp_path)
     csv.write_text("\n".join(lines + ["nowhere,circle"]) + "\n")
-    with pytest.raises(DataError, match=r"^1 ids .*e.g. nowhere\. Fix DATA= or remove those rows\.$"):
+    with pytest.raises(DataError, match=rf"^1 id in labels.csv has no image in DATA={images}: nowhere \(line "
+                                        rf"{len(lines) + 1}\)\. Fix DATA= or remove that row\.$"):
         discover(images, labels=csv)
 
 
@@ -379,7 +380,7 @@ def test_ids_spelled_otherwise_than_their_file_are_matched_with_a_note_when_that
     csv.write_text("\n".join(lines[:1] + respelled + lines[4:]) + "\n")
     shutil.copy(images / f"{c}.JPG", images / f"{c}.Jpg")
     with pytest.raises(DataError, match=re.escape(
-            f"1 ids in labels.csv have no image in DATA={images}, e.g. {c}.jpg. {c}.jpg differs only in its "
+            f"1 id in labels.csv has no image in DATA={images}: {c}.jpg (line 4). {c}.jpg differs only in its "
             f"extension's case from 2 files, {c}.JPG, {c}.Jpg: write it as the exact name of the image it labels.")):
         discover(images, labels=csv)
 

@@ -163,7 +163,7 @@ def test_csv_errors_name_the_problem(tmp_path):
     images, csv = write_kaggle(tmp_path / "d")
     good = csv.read_text()
     csv.write_text(good + "deadbeef00000000,circle\n")
-    with pytest.raises(DataError, match="1 ids in labels.csv have no image in DATA.*deadbeef00000000"):
+    with pytest.raises(DataError, match=r"1 id in labels.csv has no image in DATA.*: deadbeef00000000 \(line 20\)"):
         discover(images, labels=csv)
     first = good.split()[1]
     csv.write_text(good + first + "\n")
