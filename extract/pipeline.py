@@ -511,7 +511,7 @@ def class_summary(found: Discovery, val: float) -> str:
     counts = Counter((it.label, it.split) for it in found.items)
     names = found.class_names
     n_unlabelled = sum(it.label < 0 for it in found.items)
-    head = f"found {len(found.items):,} images in {len(names)} classes"
+    head = f"found {len(found.items) - n_unlabelled:,} images in {len(names)} classes"  # the unlabelled: below
     if len(names) <= FEW_CLASSES:
         text = f"{head} (images train/val/test): " + ", ".join(
             f"{name} {counts[(i, 'train')]}/{counts[(i, 'val')]}/{counts[(i, 'test')]}" for i, name in enumerate(names))
@@ -525,7 +525,7 @@ def class_summary(found: Discovery, val: float) -> str:
             text += (f"; {len(no_val)} class{'es have' if len(no_val) > 1 else ' has'} no val image: "
                      + ", ".join(no_val[:5]) + (", ..." if len(no_val) > 5 else ""))
     if n_unlabelled:
-        text += f"; {n_unlabelled:,} unlabelled test images (TEST=)"
+        text += f"; and {n_unlabelled:,} unlabelled test images (TEST=)"
     return text
 
 

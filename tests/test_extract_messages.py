@@ -193,13 +193,13 @@ def test_a_class_without_training_rows_in_a_labels_csv_names_its_files_and_the_c
 
 def test_the_classes_found_are_said_at_the_start(kaggle):
     line = next(line for line in kaggle["logs"] if line.startswith("found "))
-    n = len(CLASSES) * N_PER_CLASS + N_BROKEN + N_TEST
+    n = len(CLASSES) * N_PER_CLASS + N_BROKEN  # the labelled ones; the unlabelled test images are said apart
     assert line.startswith(f"found {n} images in 4 classes (images train/val/test): broken ")
     with FeatureCache(kaggle["result"].path) as c:
         assert c.class_names == ["broken", *CLASSES]
     for name in ("broken", *CLASSES):
         assert f" {name} " in line
-    assert line.endswith(f"; {N_TEST} unlabelled test images (TEST=)")
+    assert line.endswith(f"; and {N_TEST} unlabelled test images (TEST=)")
     assert kaggle["logs"].index(line) < min(i for i, m in enumerate(kaggle["logs"]) if m.startswith("WORKERS="))
 
 
