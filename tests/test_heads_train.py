@@ -425,3 +425,10 @@ def test_what_one_val_image_is_worth_keeps_its_digits_on_a_large_val_split():
     assert worth(64) == "one image is 1.6 points of accuracy."
     assert worth(10) == "one image is 10.0 points of accuracy."
     assert "points" not in scored_on({"n_val": 0, "n_train": 10})
+
+
+def test_a_percentage_never_rounds_a_miss_to_100_or_a_hit_to_0():
+    from heads.train import _pct
+
+    assert _pct(1 - 3 / 8165) == "99.96%" and _pct(1.0) == "100.0%" and _pct(0.9) == "90.0%"
+    assert _pct(1 / 8165) == "0.01%" and _pct(0.0) == "0.0%" and _pct(None) == "n/a"
