@@ -234,7 +234,7 @@ def test_sigkill_then_rerun_resumes_and_equals_an_uninterrupted_run(tmp_path):
     n_parts = len(list(parts.glob("part-*.npz")))
     assert 3 <= n_parts < 9, "the kill should land mid-run"
     assert not out.exists()
-    (tmp_path / "killed.h5.lock").exists()  # left behind by the dead process; must be taken over
+    assert (tmp_path / "killed.h5.lock").exists()  # left behind by the dead process; must be taken over
 
     # The rerun, as the killed command's settings (in this process: a fresh one would add 6 s of imports).
     logs: list[str] = []
