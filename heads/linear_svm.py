@@ -44,10 +44,13 @@ class LinearSVMHead(Head):
     SLOW_ROW_FITS = 500_000
 
     def cost_note(self, n_rows: int, n_classes: int) -> str:
-        fits = (1 if n_classes <= 2 else n_classes) * (int(self.cv) + 1)
+        per_fit = 1 if n_classes <= 2 else n_classes  # two classes: one binary SVM, not one per class
+        fits = per_fit * (int(self.cv) + 1)
         if fits * n_rows < self.SLOW_ROW_FITS:
             return ""
-        return (f"linear-svm fits {fits:,} one-vs-rest SVMs ({n_classes:,} classes x {int(self.cv) + 1}: cv={self.cv} "
+        kind, per = ("binary", f"{n_classes} classes: one SVM") if per_fit == 1 else ("one-vs-rest",
+                                                                                   f"{n_classes:,} classes")
+        return (f"linear-svm fits {fits:,} {kind} SVMs ({per} x {int(self.cv) + 1}: cv={self.cv} "
                 f"calibration folds and the final fit) of up to max_iter={self.max_iter} passes over {n_rows:,} rows, "
                 f"one after another on one core, with no progress output, and Ctrl-C is heard only when a fold's fit "
                 f"returns: this can take hours (120 classes of 8,165 rows: about 2 hours even at max_iter=100)")

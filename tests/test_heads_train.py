@@ -432,3 +432,14 @@ def test_a_percentage_never_rounds_a_miss_to_100_or_a_hit_to_0():
 
     assert _pct(1 - 3 / 8165) == "99.96%" and _pct(1.0) == "100.0%" and _pct(0.9) == "90.0%"
     assert _pct(1 / 8165) == "0.01%" and _pct(0.0) == "0.0%" and _pct(None) == "n/a"
+
+
+def test_linear_svm_cost_note_counts_one_svm_per_fit_for_two_classes():
+    """Two classes are one binary SVM per fit, not one per class: the note's product must be the count it says."""
+    from heads.linear_svm import LinearSVMHead
+
+    assert LinearSVMHead().cost_note(125_000, 2).startswith(
+        "linear-svm fits 4 binary SVMs (2 classes: one SVM x 4: cv=3 calibration folds and the final fit)")
+    assert LinearSVMHead().cost_note(124_999, 2) == ""
+    assert LinearSVMHead(cv=2).cost_note(50_000, 10).startswith(
+        "linear-svm fits 30 one-vs-rest SVMs (10 classes x 3: cv=2 calibration folds and the final fit)")
