@@ -439,8 +439,10 @@ def _missing_hint(missing: list[str], index: _FileIndex, root: Path, name: str) 
     if prefixed:
         image_id, head, rel = prefixed[0]
         every = len(prefixed) == len(missing)
-        return (f"{'They' if every else f'{len(prefixed)} of them'} start with {head}/, the name of DATA itself "
-                f"({image_id} is {rel} in DATA): remove that {head}/ from the ids in {name}"
+        one = len(missing) == 1
+        who = ("It starts" if one else "They start") if every else f"{len(prefixed)} of them start"
+        return (f"{who} with {head}/, the name of DATA itself "
+                f"({image_id} is {rel} in DATA): remove that {head}/ from the id{'' if one else 's'} in {name}"
                 f"{'' if every else ', and fix DATA= or remove the other rows'}.")
     for image_id in missing:
         case = index.other_case(posixpath.normpath(image_id.replace("\\", "/")))
@@ -571,7 +573,7 @@ def _csv_items(
         elif below is None:
             fix = f"Fix DATA= or remove {'that row' if len(missing) == 1 else 'those rows'}."
         elif below[1] == len(missing):
-            fix = f"They are in {root / below[0]}: pass DATA={root / below[0]}."
+            fix = f"{'It is' if len(missing) == 1 else 'They are'} in {root / below[0]}: pass DATA={root / below[0]}."
         else:
             fix = f"{below[1]} of them are in {root / below[0]}: is DATA={root / below[0]} the image folder?"
         named_lines = [f"{image_id} (line {line:,})" for image_id, line in zip(missing[:5], missing_lines)]

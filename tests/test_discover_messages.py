@@ -400,3 +400,21 @@ def test_ids_that_start_with_the_name_of_data_itself_say_to_remove_it(tmp_path):
             f"{lines[2].split(',')[0]}.jpg in DATA): remove that train/ from the ids in labels.csv, and fix DATA= or "
             f"remove the other rows.")):
         discover(images, labels=csv)
+
+
+def test_one_missing_id_is_told_in_the_singular_all_the_way(tmp_path):
+    """"1 id ... has no image" went on with "They are in ..." and "They start with ... the ids"."""
+    images, csv, lines = _kaggle_rows(tmp_path)
+    first = lines[1].split(",")[0]
+    (images / "extra").mkdir()
+    (images / f"{first}.jpg").rename(images / "extra" / f"{first}.jpg")
+    with pytest.raises(DataError, match=re.escape(
+            f"1 id in labels.csv has no image in DATA={images}: {first} (line 2). It is in {images / 'extra'}: "
+            f"pass DATA={images / 'extra'}.")):
+        discover(images, labels=csv)
+    (images / "extra" / f"{first}.jpg").rename(images / f"{first}.jpg")
+    csv.write_text("\n".join(lines[:1] + [f"train/{lines[1]}"] + lines[2:]) + "\n")
+    with pytest.raises(DataError, match=re.escape(
+            f"It starts with train/, the name of DATA itself (train/{first} is {first}.jpg in DATA): remove that "
+            f"train/ from the id in labels.csv.")):
+        discover(images, labels=csv)
