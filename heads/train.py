@@ -663,10 +663,9 @@ def _pct(v: float | None) -> str:
     (3 wrong of 8,165 is 99.96%)."""
     if v is None:
         return "n/a"
-    for digits in range(1, 5):
-        shown = round(100 * v, digits)
-        if (v == 1 or shown < 100) and (v == 0 or shown > 0):
-            break
+    digits = 1
+    while not ((v >= 1 or round(100 * v, digits) < 100) and (v <= 0 or round(100 * v, digits) > 0)) and digits < 15:
+        digits += 1
     return f"{100 * v:.{digits}f}%"
 
 

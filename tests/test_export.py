@@ -287,6 +287,7 @@ def test_joined_caches_of_two_sizes_are_told_at_training_that_export_refuses_the
     assert not [m for m in said if "different sizes" in m]
 
 
+@pytest.mark.rebuild  # export builds the backbone again: its check compares that with the cached features
 def test_cli_export(folder_cache, tmp_path, capsys):
     """`make export`; its export.json also records what a deployment needs: the TensorFlow/Keras that wrote the
     model, the backbone and its weights, and how well the head did."""

@@ -432,6 +432,7 @@ def test_a_percentage_never_rounds_a_miss_to_100_or_a_hit_to_0():
 
     assert _pct(1 - 3 / 8165) == "99.96%" and _pct(1.0) == "100.0%" and _pct(0.9) == "90.0%"
     assert _pct(1 / 8165) == "0.01%" and _pct(0.0) == "0.0%" and _pct(None) == "n/a"
+    assert _pct(1 - 1e-7) == "99.99999%"  # 1 wrong of 10 million
 
 
 def test_linear_svm_cost_note_counts_one_svm_per_fit_for_two_classes():
