@@ -77,7 +77,7 @@ train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
-compare-heads: $(STAMP) ## train heads (default: all) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [TRAIN_ROUNDS=] [ASSERT_ACCURACY=]
+compare-heads: $(STAMP) ## train heads (default: all but one that would take hours) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [TRAIN_ROUNDS=] [ASSERT_ACCURACY=]
 	$(call refuse,compare-heads,HEAD_ARGS C EPOCHS,it trains every head with its default arguments; tune one with make train-head HEAD=<name> HEAD_ARGS=...)
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
