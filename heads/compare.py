@@ -86,15 +86,13 @@ def compare_heads(
     heads = [canonical_head(h) for h in heads] if heads else list_heads()  # HEADS=Dense is dense
     for name in heads:
         head_class(name)  # an unknown name fails here, before any training
-    if assert_accuracy is not None:
-        with FeatureSource(paths) as source:
-            if not len(source.rows("val")):
-                raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "
-                                 f"{','.join(map(str, paths))} has none; extract with VAL>0")
+    with FeatureSource(paths) as source:
+        if assert_accuracy is not None and not len(source.rows("val")):
+            raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "
+                             f"{','.join(map(str, paths))} has none; extract with VAL>0")
+        n_rows, n_classes = len(source.rows("train", train_rounds)), len(source.class_names)
     # A head that would take hours on this data says so before the first head trains; when HEADS= does not name
     # it, the comparison leaves it out (its row says why) instead of sitting silent on it.
-    with FeatureSource(paths) as source:
-        n_rows, n_classes = len(source.rows("train", train_rounds)), len(source.class_names)
     left_out: dict[str, str] = {}
     for name in list(heads):
         cost = create_head(name).cost_note(n_rows, n_classes)

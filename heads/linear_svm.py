@@ -48,8 +48,10 @@ class LinearSVMHead(Head):
         fits = per_fit * (int(self.cv) + 1)
         if fits * n_rows < self.SLOW_ROW_FITS:
             return ""
-        kind, per = ("binary", f"{n_classes} classes: one SVM") if per_fit == 1 else ("one-vs-rest",
-                                                                                   f"{n_classes:,} classes")
+        if per_fit == 1:
+            kind, per = "binary", f"{n_classes} classes: one SVM"
+        else:
+            kind, per = "one-vs-rest", f"{n_classes:,} classes"
         return (f"linear-svm fits {fits:,} {kind} SVMs ({per} x {int(self.cv) + 1}: cv={self.cv} "
                 f"calibration folds and the final fit) of up to max_iter={self.max_iter} passes over {n_rows:,} rows, "
                 f"one after another on one core, with no progress output, and Ctrl-C is heard only when a fold's fit "

@@ -664,7 +664,7 @@ def _pct(v: float | None) -> str:
     if v is None:
         return "n/a"
     digits = 1
-    while not ((v >= 1 or round(100 * v, digits) < 100) and (v <= 0 or round(100 * v, digits) > 0)) and digits < 15:
+    while 0 < v < 1 and round(100 * v, digits) in (0, 100) and digits < 15:
         digits += 1
     return f"{100 * v:.{digits}f}%"
 
