@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,11 @@ class LinearSVMHead(Head):
             kind, per = "one-vs-rest", f"{n_classes:,} classes"
         return (f"linear-svm fits {fits:,} {kind} SVMs ({per} x {int(self.cv) + 1}: cv={self.cv} "
                 f"calibration folds and the final fit) of up to max_iter={self.max_iter} passes over {n_rows:,} rows, "
-                f"one after another on one core, with no progress output, and Ctrl-C is heard only when a fold's fit "
-                f"returns: this can take hours (120 classes of 8,165 rows: about 2 hours even at max_iter=100)")
+                f"one after another on one core, with no progress output: this can take hours (120 classes of 8,165 "
+                f"rows: about 2 hours even at max_iter=100; Ctrl-C stops it)")
 
     def fit(self, X, y, validation_data=None, groups=None):
+        """Fit; Ctrl-C stops it at once (see :func:`heard_on_ctrl_c`)."""
         from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
         from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
         from sklearn.svm import LinearSVC  # noqa: PLC0415
@@ -72,7 +74,7 @@ class LinearSVMHead(Head):
         # one line in fit_note_ (train_head prints it and writes it to metrics.json) says it instead.
         with unconverged_fits() as unconverged:
             model = CalibratedClassifierCV(svc, method="sigmoid", ensemble=False, cv=folds)
-            model.fit(scaler.transform(X), y)
+            heard_on_ctrl_c(model.fit, scaler.transform(X), y)
         self.fit_note_ = max_iter_note("liblinear", int(self.max_iter), len(unconverged), len(folds) + 1)
         (calibrated,) = model.calibrated_classifiers_
         self.classes_ = model.classes_
@@ -102,3 +104,29 @@ class LinearSVMHead(Head):
         z = load_arrays(folder / "linear_svm.npz")
         self.mean_, self.scale_, self.coef_, self.intercept_ = z["mean"], z["scale"], z["coef"], z["intercept"]
         self.calib_a_, self.calib_b_ = z["calib_a"], z["calib_b"]
+
+
+def heard_on_ctrl_c(fit, *args):
+    """``fit(*args)`` in a thread, waited for from this one, so that Ctrl-C stops the command at once.
+
+    liblinear runs a whole fold (every class of it: minutes to hours at 120 classes) in one C call that releases
+    the GIL but never looks at signals, so Ctrl-C in the calling thread was heard only when the fold returned.
+    Here the calling thread waits in short, interruptible steps; on Ctrl-C the fit left running is a daemon
+    thread, which ends with the command (in a notebook it runs on until its fold returns).
+    """
+    done, out = threading.Event(), {}
+
+    def run():
+        try:
+            out["value"] = fit(*args)
+        except BaseException as err:  # noqa: BLE001  (raised again in the calling thread)
+            out["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="linear-svm-fit", daemon=True).start()
+    while not done.wait(0.2):
+        pass
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

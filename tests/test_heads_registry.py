@@ -294,3 +294,34 @@ def test_ridge_says_in_one_note_when_its_system_is_ill_conditioned(recwarn):
     assert "HEAD_ARGS='alpha=10'" in head.fit_note_
     assert not [w for w in recwarn if "ill-conditioned" in str(w.message)]
     assert create_head("ridge").fit(*toy(3)).fit_note_ == ""
+
+
+CTRL_C_DURING_A_FOLD = """
+import os, signal, threading
+import numpy as np
+import sklearn.calibration
+from heads.linear_svm import LinearSVMHead
+
+product = np.zeros((4000, 4000))
+
+def one_long_c_call(self, X, y):  # like liblinear's fold: releases the GIL, never looks at signals (seconds here)
+    a = np.ones((4000, 4000))
+    np.matmul(a, a, out=product)
+
+sklearn.calibration.CalibratedClassifierCV.fit = one_long_c_call
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    LinearSVMHead().fit(np.random.default_rng(0).normal(size=(40, 3)), np.repeat([0, 1], 20))
+except KeyboardInterrupt:
+    print("fold done" if product[-1, -1] == 4000 and product.sum() == 4000.0**3 else "fold still running", flush=True)
+    os._exit(0)
+"""
+
+
+def test_ctrl_c_stops_linear_svm_without_waiting_for_the_fold():
+    """At 120 classes one liblinear fold runs for minutes to hours in a C call that never looks at signals: Ctrl-C
+    used to be heard only when it returned. The fit now runs in a thread, and Ctrl-C stops the command at once."""
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", CTRL_C_DURING_A_FOLD], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.stdout.strip() == "fold still running", out.stdout + out.stderr[-2000:]
