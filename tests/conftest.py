@@ -154,8 +154,9 @@ def reuse_random_backbones():
             model = real_build(spec, size, pooling, weights, seed=seed, precision=precision)
             built[key] = (model, model.name, random_state())
             while len(built) > 6:  # a few MB to ~100 MB each: keep the recent ones
-                old = built.popitem(last=False)[1][0]
-                traced.pop((id(old), "uint8"), None), traced.pop((id(old), "float32"), None)
+                old = id(built.popitem(last=False)[1][0])
+                for stale in [k for k in traced if k[0] == old]:  # whatever dtypes it was traced for
+                    del traced[stale]
             return model
         import keras
         from keras.src.random import seed_generator
