@@ -6,7 +6,8 @@ Everything in one run, side by side, on the machine at hand (random weights: sam
 (b) headswap extract end to end (HDF5 included), the marginal rate between N and 4N images;
 (a) and (b) again with two processes (``WORKERS=2``), each with half the cores;
 (c) classic: ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (tf_keras), same images, marginal;
-plus b/a and b/c, bfloat16 against float32 compute at the largest size with feature cosine, the head-swap
+plus b/a and b/c, the compute ceiling (the backbone's FLOPs against this CPU's matrix-product rate), bfloat16
+against float32 compute at the largest size with feature cosine, the head-swap
 cost against extraction, and the peak RSS of extract at N and 4N. Writes ``bench_out/results.md``.
 """
 
@@ -110,6 +111,64 @@ def compute_bound(size: int, n_images: int, batch_sizes: list[int], bf16: bool =
             if rate > best[form][0]:
                 best[form] = (rate, bs)
     return best, {form: forms[form](tf.constant(x[:8])).numpy() for form in forms if form != "keras"}
+
+
+def conv_flops(model) -> int:
+    """Floating-point operations per image in the model's convolutions and dense layers (a multiply-add is
+    two), from the layers' kernel and output shapes. The rest (batch norm, activations, adds, pooling) is a
+    fraction of a percent of Xception's; ``tests/test_bench.py`` checks the count against TensorFlow's profiler.
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += conv_flops(layer)
+            continue
+        out = layer.output.shape
+        positions = int(np.prod(out[1:-1]))  # output pixels (1 for a dense layer on a vector)
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            kh, kw, channels, mult = layer.depthwise_kernel.shape
+            total += 2 * positions * channels * mult * (kh * kw + out[-1])
+        elif isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Dense)):
+            # A depthwise kernel (kh, kw, channels, mult) makes kh·kw·channels·mult products per output pixel;
+            # a plain one (kh, kw, in, out), or a dense (in, out), kh·kw·in·out.
+            total += 2 * positions * int(np.prod(layer.kernel.shape))
+    return total
+
+
+def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's best rate on an n×n matrix product in ``dtype``, GFLOP/s (fastest of ``repeats``, after a
+    warm-up): about the most its cores do in any convolution, which oneDNN also runs as blocked matrix products."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x, y = (tf.cast(rng.standard_normal((n, n), np.float32), dtype) for _ in range(2))
+    tf.matmul(x, y).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.matmul(x, y).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def compute_ceiling(size: int) -> dict[str, float]:
+    """Xception's GFLOP per image at ``size`` and this machine's matrix-product rates, GFLOP/s."""
+    from extract.backbones import build_backbone, get_backbone
+
+    model = build_backbone(get_backbone("xception"), size, "avg", "none", seed=0)
+    return {"gflop": conv_flops(model) / 1e9, "float32": matmul_gflops("float32"),
+            "bfloat16": matmul_gflops("bfloat16")}
+
+
+def ceiling_line(size: int, ceiling: dict[str, float], a: float) -> str:
+    """What the CPU allows: the backbone's FLOPs per image against this machine's matrix-product rate."""
+    gflop, f32, b16 = ceiling["gflop"], ceiling["float32"], ceiling["bfloat16"]
+    return (f"Compute ceiling at {size} px: Xception's convolutions take {gflop:.2f} GFLOP per image; this CPU "
+            f"multiplies 2048×2048 matrices at {f32:.0f} GFLOP/s in float32 and {b16:.0f} in bfloat16, so float32 "
+            f"cannot pass about {fmt(f32 / gflop)} img/s here (bfloat16 {fmt(b16 / gflop)}); (a) reaches "
+            f"{100 * a / (f32 / gflop):.0f}% of that.")
 
 
 def min_cosine(x: np.ndarray, y: np.ndarray) -> float:
@@ -297,7 +356,7 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
              "| size | N, 4N | (a) compute img/s (batch) | Keras 3 model call | tf_keras model | (b) extract "
              "img/s | (c) classic img/s | b/a | b/c | c / its model | RSS N → 4N (MB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    checks, swap_lines, bf16_line, every_run, every_round = [], [], "", [], []
+    checks, swap_lines, ceiling_lines, bf16_line, every_run, every_round = [], [], [], "", [], []
     for size in sizes:
         base = n.get(size, 64)
         subsets = user_subsets(data, out / "data", [base, 4 * base]) if data else \
@@ -308,6 +367,8 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
             + (", and fused in bfloat16)" if bf16_size else ")"))
         compute, features = compute_bound(size, max(64, 2 * base), list(batch_sizes), bf16=bf16_size)
         (a, a_bs), (keras_call, keras_bs) = compute["fused"], compute["keras"]
+        say(f"{size} px: compute ceiling (Xception's FLOPs, this CPU's matrix-product rate)")
+        ceiling_lines.append(ceiling_line(size, compute_ceiling(size), a))
         classic_model = None
         if classic:
             say(f"{size} px: tf_keras Xception alone on tensors")
@@ -404,7 +465,8 @@ def run_bench(data: Path | None = None, sizes: tuple[int, ...] = (100, 299), n: 
                       + ("no 100 px run" if classic else "the classic loop did not run: it needs tf_keras, "
                          "`pip install -e '.[bench]'` as `make bench` does, and no --no-classic")
                       + f") {verdict(False)}")
-    report = "\n".join(lines + ["", *swap_lines, "", bf16_line, "", "Targets:", *checks, "", meter.summary(), "",
+    report = "\n".join(lines + ["", *ceiling_lines, "", *swap_lines, "", bf16_line, "", "Targets:", *checks, "",
+                                 meter.summary(), "",
                                  "Every run, seconds [peak RSS] (the figures above take the fastest of each, and "
                                  "the largest peak). A classic run "
                                  "ends with its last batch; \"teardown\" is the time tf.data then took to destroy "

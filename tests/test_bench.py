@@ -59,6 +59,9 @@ def test_quick_bench_reports_every_measurement(tmp_path):
                      r"logreg \d+\.\d\d s, dense \d+\.\d\d s; a second swap in the same process, its imports "
                      r"done: logreg \d+\.\d\d s, dense \d+\.\d\d s\. Extracting the cache took \d+\.\d s", report)
     assert "PRECISION=bfloat16 at 71 px" in report and "cosine" in report
+    assert re.search(r"^Compute ceiling at 71 px: Xception's convolutions take \d\.\d\d GFLOP per image; this CPU "
+                     r"multiplies 2048×2048 matrices at \d+ GFLOP/s in float32 and \d+ in bfloat16, so float32 cannot "
+                     r"pass about \d+\.\d img/s here \(bfloat16 \d+\.\d\); \(a\) reaches \d+% of that\.$", report, re.M)
     for target in ("b/a at 71 px", "peak RSS growth", "logreg head swap", "bfloat16 ≥"):
         assert re.search(re.escape(target) + r".*(PASS|MISS)", report), target
     assert "Machine: " in report and "cores" in report
@@ -73,6 +76,24 @@ def test_quick_bench_reports_every_measurement(tmp_path):
     assert re.search(r"^- 71 px: extract (n/a|\d+\.\d); b/a (n/a|\d+\.\d\d)$", report, re.M)
     assert re.search(r"b/a at 71 px ≥ 0\.95: .*\(per round: (n/a|\d+\.\d\d); median (n/a|\d+\.\d\d)\)", report)
     assert re.search(r"CPU contention during the run: other processes \d+\.\d%, hypervisor steal \d+\.\d%", report)
+
+
+def test_conv_flops_agree_with_tensorflows_profiler():
+    """The ceiling's FLOP count, from Keras layer shapes, against TensorFlow's own per-op count of the traced
+    graph (which also counts batch norm, activations, adds and pooling: a fraction of a percent more)."""
+    import tensorflow as tf
+
+    from bench.run import conv_flops
+    from extract.backbones import build_backbone, get_backbone
+
+    model = build_backbone(get_backbone("xception"), 71, "avg", "none")
+    ours = conv_flops(model)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec((1, 71, 71, 3), tf.float32)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    theirs = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+    assert 0.99 * theirs < ours <= theirs
 
 
 def test_cpu_meter_counts_other_load_not_the_benchs_own(monkeypatch):
@@ -147,6 +168,8 @@ def test_a_full_runs_report_from_stand_in_runs(tmp_path, monkeypatch):
         {"fused": (100.0, 32), "keras": (95.0, 32), **({"bfloat16": (190.0, 32)} if bf16 else {})},
         {"fused": features, **({"bfloat16": features} if bf16 else {})}))
     monkeypatch.setattr(run, "compute_in_processes", lambda size, n, bs, workers: (110.0, 32))
+    monkeypatch.setattr(run, "compute_ceiling", lambda size: {"gflop": 1.6 * (size / 100) ** 2, "float32": 200.0,
+                                                             "bfloat16": 360.0})
     monkeypatch.setattr(run, "worker", worker)
     monkeypatch.setattr(run, "head_swap", lambda cache, out, repeats: {
         "logreg": {"seconds": 1.2, "warm_seconds": 0.3}, "dense": {"seconds": 6.0, "warm_seconds": 2.0}})
@@ -166,6 +189,11 @@ def test_a_full_runs_report_from_stand_in_runs(tmp_path, monkeypatch):
         in report
     assert "- bfloat16 / float32 at 299 px, end to end ≥ 1.35: 1.87 PASS" in report
     assert "cosine ≥ 0.999 on the cached images: 0.99999 PASS" in report
+    # Ceiling: 200 GFLOP/s over 1.6 GFLOP = 125 img/s, of which (a)'s 100 is 80%; at 299 px 1.6 x 2.99² = 14.30.
+    assert ("Compute ceiling at 100 px: Xception's convolutions take 1.60 GFLOP per image; this CPU multiplies "
+            "2048×2048 matrices at 200 GFLOP/s in float32 and 360 in bfloat16, so float32 cannot pass about 125.0 "
+            "img/s here (bfloat16 225.0); (a) reaches 80% of that.") in report
+    assert "Compute ceiling at 299 px: Xception's convolutions take 14.30 GFLOP" in report
     # Head swap: 1.2 s against a 30 s extraction (imports included) = 4.0%.
     assert "- logreg head swap < 5% of extraction at 100 px: 4.0% PASS" in report
     assert "- peak RSS growth N → 4N at 100 px < 10%: +1.5% PASS" in report  # 1005.12 -> 1020.48 MB
