@@ -490,9 +490,12 @@ def _open_features(files: list[str]):
     return FeatureSource(files)
 
 
-def _check_images(info: dict[str, Any], n: int, usable: Callable[[Path], bool] = lambda p: True,
+def _check_images(info: dict[str, Any], n: int, usable: Callable[[Path, str], bool] = lambda p, rel: True,
                   ) -> tuple[list[Path], np.ndarray, str]:
-    """Up to ``n`` cached images that still exist and are ``usable`` (val rows first), and their cached features."""
+    """Up to ``n`` cached images that still exist and are ``usable`` (val rows first), and their cached features.
+
+    ``usable(path, rel)`` gets each image's path and its path relative to the image folder (as the cache names it).
+    """
     from .report import find_data_root  # noqa: PLC0415
 
     files = info.get("feature_files") or [info.get("features")]
@@ -509,7 +512,7 @@ def _check_images(info: dict[str, Any], n: int, usable: Callable[[Path], bool] =
         for i in order:
             if len(chosen) == n:
                 break
-            if (root / rel[i]).is_file() and usable(root / rel[i]):
+            if (root / rel[i]).is_file() and usable(root / rel[i], str(rel[i])):
                 chosen.append(i)
         if not chosen:
             return [], np.zeros(0), f"no cached image is left under {root} that both decoders read"
@@ -650,18 +653,19 @@ def export_run(
         by_pillow: dict[Path, np.ndarray] = {}  # each chosen image's pixels as each decoder made them
         by_tf: dict[Path, np.ndarray] = {}
 
-        def both_decoders_read(path: Path) -> bool:
+        def both_decoders_read(path: Path, rel: str) -> bool:
             """Pillow (extract's decoder) and TensorFlow's (serving_default's): TIFF, ICO or AVIF were cached but
-            cannot be served as bytes; a file emptied since extraction cannot be checked."""
+            cannot be served as bytes; a file emptied since extraction cannot be checked. Named by ``rel``, the
+            path under the image folder: class folders often hold files of the same name."""
             try:
                 by_pillow[path] = load_array(str(path), size)
             except DecodeError as err:
-                left_out.append(f"{path.name} ({err.reason})")
+                left_out.append(f"{rel} ({err.reason})")
                 return False
             try:
                 by_tf[path] = decode_images([path], size)[0]
             except (tf.errors.OpError, ValueError) as err:
-                left_out.append(f"{path.name} (serving_default cannot decode it: "
+                left_out.append(f"{rel} (serving_default cannot decode it: "
                                 f"{str(err).strip().splitlines()[0][:160]})")
                 return False
             return True

@@ -198,14 +198,15 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
 def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_is_replaced_next_time(
         tmp_path, monkeypatch):
     """A cached TIFF (Pillow reads it, serving_default's TF decoder does not) or an image emptied since extraction
-    crashed the export's check with a traceback, and the half-written export was then refused as the user's."""
+    crashed the export's check with a traceback, and the half-written export was then refused as the user's.
+    Each is named by its path under the image folder: two class folders' scan.tiff were both listed as scan.tiff."""
     from PIL import Image
 
     from extract import extract_features
 
     data = write_class_folders(tmp_path / "d", per_class=4)
     for name in ("circle_00", "square_00"):
-        Image.open(data / name.split("_")[0] / f"{name}.png").save(data / name.split("_")[0] / f"{name}.tiff")
+        Image.open(data / name.split("_")[0] / f"{name}.png").save(data / name.split("_")[0] / "scan.tiff")
         (data / name.split("_")[0] / f"{name}.png").unlink()
     cache = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", val=0.5, progress=False,
                              **QUIET).path
@@ -227,9 +228,9 @@ def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_i
     result = export_run(tmp_path / "run", out, formats=("keras",), log=logs.append)  # replaces, does not refuse
     assert any(m.startswith("replaced the previous export") for m in logs)
     left_out = sorted(result.checks["left_out"])
-    assert [m.split(" (")[0] for m in left_out] == ["circle_00.tiff", "square_00.tiff", "stripes_01.png"]
-    assert left_out[0].startswith("circle_00.tiff (serving_default cannot decode it: ")
-    assert left_out[2].startswith("stripes_01.png (empty file")
+    assert [m.split(" (")[0] for m in left_out] == ["circle/scan.tiff", "square/scan.tiff", "stripes/stripes_01.png"]
+    assert left_out[0].startswith("circle/scan.tiff (serving_default cannot decode it: ")
+    assert left_out[2].startswith("stripes/stripes_01.png (empty file")
     assert result.checks["images"] == 12 - 3 and "skipped" not in result.checks
     assert any(m.startswith(f"the export's check left out {len(left_out)} cached image") and
                "serving_default decodes JPEG, PNG, GIF, BMP and WebP only" in m for m in logs)
