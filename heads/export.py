@@ -679,6 +679,9 @@ def export_run(
                   "their pixels to serve_images")
         if why:
             checks["skipped"] = why
+            log(f"NOTE: the export's check was skipped ({why}): nothing compared the exported model with the head. "
+                f"It runs cached images from the run's data_root (run.json), which `make train-head DATA=<folder>` "
+                f"sets")
         else:
             images = np.stack([by_pillow[p] for p in paths])
             probs = np.asarray(model(images, training=False))

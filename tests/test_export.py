@@ -238,6 +238,23 @@ def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_i
     assert "incomplete" not in manifest and sorted(manifest["checks"]["left_out"]) == left_out
 
 
+def test_a_skipped_check_is_said_not_only_recorded(tmp_path):
+    """With the image folder moved since training, the check was skipped without a word on the console (only
+    export.json's checks.skipped said so)."""
+    from extract import extract_features
+
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    cache = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", val=0.5, progress=False,
+                             **QUIET).path
+    train_head("logreg", cache, tmp_path / "run", plots=False, **QUIET)
+    data.rename(tmp_path / "moved")
+    logs: list[str] = []
+    result = export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), log=logs.append)
+    assert result.checks["skipped"] == f"image folder {data} is not available"
+    note = next(m for m in logs if m.startswith("NOTE: the export's check was skipped"))
+    assert result.checks["skipped"] in note and "DATA=" in note
+
+
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         export_run(tmp_path, **QUIET)
