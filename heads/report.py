@@ -221,7 +221,8 @@ def write_report(
     cache_config: dict[str, Any] | None = None,
     gallery_limit: int = GALLERY_LIMIT,
 ) -> Path:
-    """Write ``run_dir/report.html``: one self-contained page (pictures are base64 PNG data URIs).
+    """Write ``run_dir/report.html``: one self-contained page (pictures are base64 data URIs:
+    PNG plots, JPEG thumbnails).
 
     Parameters
     ----------
