@@ -83,7 +83,7 @@ compare-heads: $(STAMP) ## train heads (default: all but one that would take hou
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=] [CACHE_DIR=features_cache]
-	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
+	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES FLUSH_ROWS MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
 	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \

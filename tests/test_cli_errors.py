@@ -40,6 +40,7 @@ def test_a_head_argument_set_twice_differently_is_refused(capsys, tmp_path, argv
     ("compare-heads", ["EPOCHS=5"], "compare-heads does not take EPOCHS="),
     ("compare-backbones", ["DATA=d", "PRECISION=bfloat16"], "compare-backbones does not take PRECISION="),
     ("compare-backbones", ["DATA=d", "AUGMENT=epiuse", "ROUNDS=2"], "compare-backbones does not take AUGMENT="),
+    ("compare-backbones", ["DATA=d", "FLUSH_ROWS=64"], "compare-backbones does not take FLUSH_ROWS="),
 ])
 def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
     """`make -n` (nothing runs) expands the recipe, where the refusal stops make."""
