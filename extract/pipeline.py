@@ -578,6 +578,8 @@ def extract_features(
         raise ValueError(f"MAX_PIXELS={max_pixels} must be at least 1 pixel (default {DEFAULT_MAX_PIXELS:,})")
     if workers is not None and int(workers) < 1:
         raise ValueError(f"WORKERS={workers} must be at least 1 process (1: extract in this process)")
+    if int(flush_rows) < 1:  # PartsWriter would flush every row: refused like BATCH=0 and WORKERS=0
+        raise ValueError(f"FLUSH_ROWS={flush_rows} must be at least 1 row per flushed part (default 1024)")
     if workers is not None and int(workers) > 1 and devices:
         raise ValueError("DEVICES= (one process, a replica per device) and WORKERS= (one process per device) are "
                          "two ways to use several devices: give one of them")

@@ -98,6 +98,15 @@ def test_augment_without_rounds_is_refused(tmp_path):
         extract_features(data, out=tmp_path / "c.h5", augment="tutorial", rounds=0, **quiet())
 
 
+@pytest.mark.parametrize("flush_rows", [0, -5])
+def test_flush_rows_below_one_is_refused_before_any_work(tmp_path, flush_rows):
+    """FLUSH_ROWS=0 or -5 was taken silently as 1 (a part file per row), where BATCH=0 and WORKERS=0 are refused."""
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    with pytest.raises(ValueError, match=rf"FLUSH_ROWS={flush_rows} must be at least 1 row"):
+        extract_features(data, out=tmp_path / "c.h5", flush_rows=flush_rows, **quiet())
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.parts").exists()
+
+
 def test_devices_must_exist_on_this_machine():
     with pytest.raises(ValueError, match=r"DEVICES=/gpu:7: /gpu:7 is not a device of this machine; it has /cpu:0"):
         replica_strategy(["/gpu:7"])
