@@ -63,7 +63,7 @@ extract: $(STAMP) ## cache features: DATA=<dir> [LABELS=csv] [TEST=dir] [SIZE=29
 	  --dtype "$(DTYPE)" --precision "$(PRECISION)" --val "$(VAL)" --seed "$(SEED)" $(call opt,BATCH,--batch) \
 	  $(call opt,MAX_PIXELS,--max-pixels) $(call flag,OVERWRITE,--overwrite) \
 	  $(call opt,AUGMENT,--augment) $(call opt,ROUNDS,--rounds) $(call opt,DEVICES,--devices) \
-	  $(call opt,WORKERS,--workers) $(call opt,FLUSH_ROWS,--flush-rows)
+	  $(call opt,WORKERS,--workers) $(call opt,FLUSH_ROWS,--flush-rows) $(call opt,CACHE_DIR,--cache-dir)
 
 preview-augment: $(STAMP) ## PNG grid of training images beside their views: DATA=<dir> AUGMENT=tutorial|epiuse|k=v,.. [ROUNDS=4] [OUT=png]
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>"; exit 2; }
@@ -73,17 +73,18 @@ preview-augment: $(STAMP) ## PNG grid of training images beside their views: DAT
 
 train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd [FEATURES=a.h5[,b.h5]] [HEAD_ARGS='C=0.5'] [ASSERT_ACCURACY=0.85]
 	$(PY) -m heads train --head "$(HEAD)" $(call opt,FEATURES,--features) $(call opt,RUN,--run) \
-	  $(call opt,DATA,--data-root) \
+	  $(call opt,DATA,--data-root) $(call opt,CACHE_DIR,--cache-dir) \
 	  $(call opt,HEAD_ARGS,--head-args) $(call opt,EPOCHS,--epochs) $(call opt,C,--c) \
 	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-heads: $(STAMP) ## train heads (default: all but one that would take hours) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [TRAIN_ROUNDS=] [ASSERT_ACCURACY=]
 	$(call refuse,compare-heads,HEAD_ARGS C EPOCHS,it trains every head with its default arguments; tune one with make train-head HEAD=<name> HEAD_ARGS=...)
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
-	  $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
+	  $(call opt,CACHE_DIR,--cache-dir) $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=] [CACHE_DIR=features_cache]
 	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES FLUSH_ROWS MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
+	$(if $(filter command line,$(origin BACKBONE)),$(error compare-backbones does not take BACKBONE=: it runs every backbone in BACKBONES=$(BACKBONES); name $(BACKBONE) there))
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \
 	  $(call opt,LABELS,--labels) $(call opt,TEST,--test) $(call opt,ID_COL,--id-col) $(call opt,LABEL_COL,--label-col) \

@@ -41,6 +41,10 @@ def test_a_head_argument_set_twice_differently_is_refused(capsys, tmp_path, argv
     ("compare-backbones", ["DATA=d", "PRECISION=bfloat16"], "compare-backbones does not take PRECISION="),
     ("compare-backbones", ["DATA=d", "AUGMENT=epiuse", "ROUNDS=2"], "compare-backbones does not take AUGMENT="),
     ("compare-backbones", ["DATA=d", "FLUSH_ROWS=64"], "compare-backbones does not take FLUSH_ROWS="),
+    # BACKBONE= for BACKBONES=: the Makefile always sets BACKBONE, so only one given on the command line stops it.
+    ("compare-backbones", ["DATA=d", "BACKBONE=resnet50"], "compare-backbones does not take BACKBONE=: it runs every "
+                                                           "backbone in BACKBONES=xception,inceptionv3,resnet50; name "
+                                                           "resnet50 there"),
 ])
 def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
     """`make -n` (nothing runs) expands the recipe, where the refusal stops make."""
@@ -50,6 +54,19 @@ def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
     out = subprocess.run(["make", "-n", target, *variables], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and said in out.stderr
+
+
+@pytest.mark.parametrize("target", ["extract", "train-head", "compare-heads", "compare-backbones"])
+def test_cache_dir_reaches_every_target_that_reads_or_writes_default_caches(target):
+    """`make help` lists CACHE_DIR, but only compare-backbones passed it: `make extract CACHE_DIR=x` wrote to
+    features_cache/, and `make train-head` then could not find compare-backbones' caches in x."""
+    import subprocess
+    from pathlib import Path
+
+    out = subprocess.run(["make", "-n", target, "DATA=d", "CACHE_DIR=/elsewhere/caches"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '--cache-dir "/elsewhere/caches"' in out.stdout
 
 
 def test_an_os_error_is_one_line_and_ctrl_c_says_how_to_resume(capsys, monkeypatch, tmp_path):
