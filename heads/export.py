@@ -705,13 +705,22 @@ def export_run(
                     f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability: the rebuilt backbone computes "
                     f"other features than extraction did ({cause})")
             if checks["bytes_path_vs_pillow_path_max_abs_diff"] > CHECK_TOLERANCE:
-                log(f"WARNING: the SavedModel's bytes path (TF decode + resize, signature serving_default) moves "
+                # The check runs model.keras on decode_images' pixels: serving_default's decoding, written or not.
+                if "saved_model" in files:
+                    path = "the SavedModel's bytes path (TF decode + resize, signature serving_default)"
+                    served, fix = "served from encoded bytes", "call the serve_images signature (or model.keras)"
+                else:
+                    path = ("TensorFlow's decode + resize (heads.export.decode_images, the decoding a SavedModel's "
+                            "serving_default does; no saved_model/ was written)")
+                    written = " or ".join(EXPORT_FORMAT_FILES[f] for f in ("keras", "tflite") if f in files)
+                    served, fix = "on images decoded that way", f"feed those pixels to {written or 'the model'}"
+                log(f"WARNING: {path} moves "
                     f"probabilities by up to {checks['bytes_path_vs_pillow_path_max_abs_diff']:.2g} against the "
                     f"Pillow-decoded pixels of the same {checks['images']} images (pixels differ by up to "
-                    f"{checks['tf_decode_vs_pillow_max_pixel_diff']} grey levels): predictions served from "
-                    f"encoded bytes can differ from `make predict`'s (a voting head such as knn can flip on one "
+                    f"{checks['tf_decode_vs_pillow_max_pixel_diff']} grey levels): predictions {served} "
+                    f"can differ from `make predict`'s (a voting head such as knn can flip on one "
                     f"grey level). Where they must agree, decode with "
-                    f"extract.decode.load_array and call the serve_images signature (or model.keras).")
+                    f"extract.decode.load_array and {fix}.")
     random_weights = any(c["weights"]["kind"] == "none" for c in _cache_configs(exp.info))
     manifest = {
         "run": str(run.resolve()),

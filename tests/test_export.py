@@ -277,6 +277,27 @@ def test_the_model_vs_head_warning_of_a_bfloat16_run_names_its_rounding_not_anot
     assert "version" not in warnings["bfloat16"]
 
 
+@pytest.mark.slow
+def test_the_decode_warning_names_the_savedmodel_only_when_one_was_written(folder_cache, tmp_path, monkeypatch):
+    """With FORMATS=keras the bytes-path warning spoke of "the SavedModel's bytes path (... serving_default)", which
+    was not written: what the check compares is TensorFlow's decoding (decode_images) against Pillow's."""
+    monkeypatch.setattr("heads.export.CHECK_TOLERANCE", -1.0)  # any difference warns: the wording is under test
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    warnings = {}
+    for formats in (("keras",), ("keras", "saved_model")):
+        logs: list[str] = []
+        export_run(tmp_path / "run", tmp_path / "_".join(formats), formats=formats, log=logs.append)
+        (warnings[formats],) = [m for m in logs if "against the Pillow-decoded pixels" in m]
+    alone = warnings[("keras",)]
+    assert alone.startswith("WARNING: TensorFlow's decode + resize (heads.export.decode_images")
+    assert "no saved_model/ was written" in alone and "SavedModel's bytes path" not in alone
+    assert "serve_images" not in alone and alone.endswith("decode with extract.decode.load_array and feed those "
+                                                          "pixels to model.keras.")
+    assert warnings[("keras", "saved_model")].startswith("WARNING: the SavedModel's bytes path (TF decode + resize, "
+                                                         "signature serving_default) moves probabilities")
+    assert "call the serve_images signature" in warnings[("keras", "saved_model")]
+
+
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         export_run(tmp_path, **QUIET)
