@@ -534,23 +534,29 @@ def _tflite_outputs(path: Path, images: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(out["index"])
 
 
-def _previous_export(out_dir: Path) -> list[str]:
-    """What a headswap export wrote into ``out_dir`` (its ``export.json`` lists it), to remove before writing
-    anew. Files of those names that no export wrote (no ``export.json``) are the user's: refused, not replaced."""
+def _previous_export(out_dir: Path, writes: Sequence[str]) -> list[str]:
+    """What a headswap export wrote into ``out_dir`` (its ``export.json`` lists it), to remove before writing anew.
+
+    A file this export ``writes`` (names in ``EXPORT_FILES``) that no export wrote (no readable ``export.json``
+    lists it) is the user's: refused, not replaced. Any other file stays, e.g. a ``saved_model/`` of the user's
+    beside ``FORMATS=keras``; a later export that would write it refuses it then.
+    """
+    listed: list[str] = []
     manifest = out_dir / "export.json"
     if manifest.is_file():
         try:
-            listed = json.loads(manifest.read_text()).get("files", {})
+            files = json.loads(manifest.read_text()).get("files", {})
         except (ValueError, AttributeError):
-            listed = None
-        if isinstance(listed, dict):
-            return [name for name in EXPORT_FILES if name == "export.json" or name in listed.values()]
-    clash = [name for name in EXPORT_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+            files = None
+        if isinstance(files, dict):
+            listed = [name for name in EXPORT_FILES if name == "export.json" or name in files.values()]
+    clash = [name for name in EXPORT_FILES if name in writes and name not in listed
+             and ((out_dir / name).exists() or (out_dir / name).is_symlink())]
     if clash:
-        raise ValueError(f"OUT={out_dir} holds {', '.join(clash)} that no headswap export wrote (it has no readable "
-                         f"export.json); export would overwrite them. Choose another OUT= (a new folder), or "
-                         f"remove them first")
-    return []
+        why = "its export.json does not list them" if listed else "it has no readable export.json"
+        raise ValueError(f"OUT={out_dir} holds {', '.join(clash)} that no headswap export wrote ({why}); this export "
+                         f"would overwrite them. Choose another OUT= (a new folder), or remove them first")
+    return listed
 
 
 def _provenance(run: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -607,7 +613,8 @@ def export_run(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"OUT={out_dir} is a file; export writes a folder (labels.json, export.json and the models). "
                          f"Choose a folder, e.g. OUT={out_dir.parent / 'export'}")
-    stale = _previous_export(out_dir)
+    planned = {"labels": "labels.json", **{f: EXPORT_FORMAT_FILES[f] for f in FORMATS if f in formats}}
+    stale = _previous_export(out_dir, ["export.json", *planned.values()])
     exp = build_export_model(run)
     model, size = exp.model, exp.size
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -618,7 +625,6 @@ def export_run(
         log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
     # Listed before anything is written: an export that stops half-way (an error, a kill) leaves an export.json
     # naming its files, so the next export replaces them instead of refusing them as the user's.
-    planned = {"labels": "labels.json", **{f: EXPORT_FORMAT_FILES[f] for f in FORMATS if f in formats}}
     (out_dir / "export.json").write_text(json.dumps(
         {"files": planned, "incomplete": "this export did not finish; run `make export` again"}, indent=2))
     files: dict[str, str] = {}

@@ -165,7 +165,7 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
     (out / "saved_model").mkdir(parents=True)
     (out / "saved_model" / "saved_model.pb").write_bytes(b"the user's own model")
     with pytest.raises(ValueError, match="holds saved_model that no headswap export wrote"):
-        export_run(tmp_path / "run", out, formats=("keras",), check=False, **QUIET)
+        export_run(tmp_path / "run", out, formats=("keras", "saved_model"), check=False, **QUIET)
     assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"the user's own model"
 
     # An earlier export: its export.json lists what it wrote (saved_model/ a link to a folder kept elsewhere).
@@ -193,6 +193,26 @@ def test_a_new_export_replaces_every_file_of_the_last_one_and_an_unrunnable_tfli
     assert any(m.startswith("replaced the previous export in ") and "saved_model, model.tflite" in m for m in logs)
     with pytest.raises(ValueError, match="is a file; export writes a folder"):
         export_run(tmp_path / "run", out / "deploy.sh", **QUIET)
+
+
+def test_a_users_file_is_refused_only_by_an_export_that_would_write_it(folder_cache, tmp_path):
+    """A saved_model/ of the user's in OUT stopped FORMATS=keras ("export would overwrite them"), which writes no
+    saved_model/. It stays beside that export; an export that would write it refuses it, though OUT now has an
+    export.json (which does not list it), rather than deleting it."""
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    out = tmp_path / "out"
+    (out / "saved_model").mkdir(parents=True)
+    (out / "saved_model" / "saved_model.pb").write_bytes(b"the user's own model")
+    result = export_run(tmp_path / "run", out, formats=("keras",), check=False, **QUIET)
+    assert result.files == {"labels": "labels.json", "keras": "model.keras"}
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.keras", "saved_model"]
+    with pytest.raises(ValueError, match=re.escape("holds saved_model that no headswap export wrote (its export.json "
+                                                   "does not list them); this export would overwrite them")):
+        export_run(tmp_path / "run", out, formats=("keras", "saved_model"), check=False, **QUIET)
+    assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"the user's own model"
+    assert (out / "model.keras").is_file()  # refused before anything was removed
+    export_run(tmp_path / "run", out, formats=("keras",), check=False, **QUIET)  # still fine
+    assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"the user's own model"
 
 
 def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_is_replaced_next_time(
