@@ -618,11 +618,15 @@ def export_run(
     exp = build_export_model(run)
     model, size = exp.model, exp.size
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = []  # an interrupted export's export.json lists files it never wrote
     for name in stale:  # an earlier export (maybe of another head) must not stay beside this one
         target = out_dir / name
-        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
-    if stale:
-        log(f"replaced the previous export in {out_dir} ({', '.join(stale)})")
+        if not (target.exists() or target.is_symlink()):
+            continue
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        removed.append(name)
+    if removed:
+        log(f"replaced the previous export in {out_dir} ({', '.join(removed)})")
     # Listed before anything is written: an export that stops half-way (an error, a kill) leaves an export.json
     # naming its files, so the next export replaces them instead of refusing them as the user's.
     (out_dir / "export.json").write_text(json.dumps(

@@ -215,6 +215,27 @@ def test_a_users_file_is_refused_only_by_an_export_that_would_write_it(folder_ca
     assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"the user's own model"
 
 
+def test_replacing_an_interrupted_export_names_only_the_files_it_left(folder_cache, tmp_path, monkeypatch):
+    """After an export stopped at the SavedModel, the next one said "replaced the previous export in ...
+    (labels.json, export.json, model.keras, saved_model, model.tflite)": its export.json lists what it meant to
+    write, but only three of those existed."""
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    out = tmp_path / "out"
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("heads.export._write_saved_model", crash)
+    with pytest.raises(OSError, match="No space left"):
+        export_run(tmp_path / "run", out, check=False, **QUIET)
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.keras"]
+    monkeypatch.undo()
+    logs: list[str] = []
+    export_run(tmp_path / "run", out, formats=("keras",), check=False, log=logs.append)
+    assert [m for m in logs if m.startswith("replaced")] == [
+        f"replaced the previous export in {out} (labels.json, export.json, model.keras)"]
+
+
 def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_is_replaced_next_time(
         tmp_path, monkeypatch):
     """A cached TIFF (Pillow reads it, serving_default's TF decoder does not) or an image emptied since extraction
