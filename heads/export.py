@@ -559,6 +559,39 @@ def _previous_export(out_dir: Path, writes: Sequence[str]) -> list[str]:
     return listed
 
 
+def _check_warnings(checks: dict[str, Any], files: dict[str, str], reduced_precision: list[str]) -> list[str]:
+    """What the export's self-check has to warn about: each difference above ``CHECK_TOLERANCE``, with its likely
+    cause (the run's reduced ``PRECISION``, or another TensorFlow/Keras) and what serves the exported ``files``."""
+    warnings = []
+    if checks["keras_vs_head_max_abs_diff"] > CHECK_TOLERANCE:
+        if reduced_precision:  # 8 or 11 significant bits: the rebuilt graph rounds unlike extraction's
+            cause = (f"most likely the rounding of the run's PRECISION={','.join(reduced_precision)} "
+                     f"backbone: its features differ from the cached ones by several float16 steps where a "
+                     f"float32 backbone's differ by one at most; expected, see the README's make export")
+        else:
+            cause = "another TensorFlow/Keras version? the weights file itself is checked before building"
+        warnings.append(f"the exported model differs from the head on cached features by up to "
+                        f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability: the rebuilt backbone computes "
+                        f"other features than extraction did ({cause})")
+    if checks["bytes_path_vs_pillow_path_max_abs_diff"] > CHECK_TOLERANCE:
+        # The check runs model.keras on decode_images' pixels: serving_default's decoding, written or not.
+        if "saved_model" in files:
+            path = "the SavedModel's bytes path (TF decode + resize, signature serving_default)"
+            served, fix = "served from encoded bytes", "call the serve_images signature (or model.keras)"
+        else:
+            path = ("TensorFlow's decode + resize (heads.export.decode_images, the decoding a SavedModel's "
+                    "serving_default does; no saved_model/ was written)")
+            written = " or ".join(EXPORT_FORMAT_FILES[f] for f in ("keras", "tflite") if f in files)
+            served, fix = "on images decoded that way", f"feed those pixels to {written or 'the model'}"
+        warnings.append(
+            f"{path} moves probabilities by up to {checks['bytes_path_vs_pillow_path_max_abs_diff']:.2g} against the "
+            f"Pillow-decoded pixels of the same {checks['images']} images (pixels differ by up to "
+            f"{checks['tf_decode_vs_pillow_max_pixel_diff']} grey levels): predictions {served} can differ from "
+            f"`make predict`'s (a voting head such as knn can flip on one grey level). Where they must agree, "
+            f"decode with extract.decode.load_array and {fix}.")
+    return warnings
+
+
 def _provenance(run: Path, info: dict[str, Any]) -> dict[str, Any]:
     """What a deployment records beside the model: when and with what it was made (a SavedModel or .keras file
     needs a TensorFlow/Keras at least as new to load), the backbone(s) and their weights, and the run's metrics."""
@@ -704,33 +737,8 @@ def export_run(
             if "tflite" in files:
                 checks["tflite_vs_keras_max_abs_diff"] = float(
                     np.abs(_tflite_outputs(out_dir / EXPORT_FORMAT_FILES["tflite"], images) - probs).max())
-            if checks["keras_vs_head_max_abs_diff"] > CHECK_TOLERANCE:
-                if reduced_precision:  # 8 or 11 significant bits: the rebuilt graph rounds unlike extraction's
-                    cause = (f"most likely the rounding of the run's PRECISION={','.join(reduced_precision)} "
-                             f"backbone: its features differ from the cached ones by several float16 steps where a "
-                             f"float32 backbone's differ by one at most; expected, see the README's make export")
-                else:
-                    cause = "another TensorFlow/Keras version? the weights file itself is checked before building"
-                log(f"WARNING: the exported model differs from the head on cached features by up to "
-                    f"{checks['keras_vs_head_max_abs_diff']:.2g} in probability: the rebuilt backbone computes "
-                    f"other features than extraction did ({cause})")
-            if checks["bytes_path_vs_pillow_path_max_abs_diff"] > CHECK_TOLERANCE:
-                # The check runs model.keras on decode_images' pixels: serving_default's decoding, written or not.
-                if "saved_model" in files:
-                    path = "the SavedModel's bytes path (TF decode + resize, signature serving_default)"
-                    served, fix = "served from encoded bytes", "call the serve_images signature (or model.keras)"
-                else:
-                    path = ("TensorFlow's decode + resize (heads.export.decode_images, the decoding a SavedModel's "
-                            "serving_default does; no saved_model/ was written)")
-                    written = " or ".join(EXPORT_FORMAT_FILES[f] for f in ("keras", "tflite") if f in files)
-                    served, fix = "on images decoded that way", f"feed those pixels to {written or 'the model'}"
-                log(f"WARNING: {path} moves "
-                    f"probabilities by up to {checks['bytes_path_vs_pillow_path_max_abs_diff']:.2g} against the "
-                    f"Pillow-decoded pixels of the same {checks['images']} images (pixels differ by up to "
-                    f"{checks['tf_decode_vs_pillow_max_pixel_diff']} grey levels): predictions {served} "
-                    f"can differ from `make predict`'s (a voting head such as knn can flip on one "
-                    f"grey level). Where they must agree, decode with "
-                    f"extract.decode.load_array and {fix}.")
+            for warning in _check_warnings(checks, files, reduced_precision):
+                log(f"WARNING: {warning}")
     random_weights = any(c["weights"]["kind"] == "none" for c in _cache_configs(exp.info))
     manifest = {
         "run": str(run.resolve()),

@@ -266,7 +266,12 @@ def test_the_check_leaves_out_images_a_decoder_cannot_read_and_a_failed_export_i
 
     logs: list[str] = []
     monkeypatch.setattr("heads.export.CHECK_IMAGES", 20)  # every cached image is tried
+    monkeypatch.setattr("heads.export.CHECK_TOLERANCE", -1.0)  # and any difference warns, as the check words it
     result = export_run(tmp_path / "run", out, formats=("keras",), log=logs.append)  # replaces, does not refuse
+    assert any(m.startswith("WARNING: TensorFlow's decode + resize") and "no saved_model/ was written" in m
+               for m in logs)
+    assert any(m.startswith("WARNING: the exported model differs") and "another TensorFlow/Keras version?" in m
+               for m in logs)
     assert any(m.startswith("replaced the previous export") for m in logs)
     left_out = sorted(result.checks["left_out"])
     assert [m.split(" (")[0] for m in left_out] == ["circle/scan.tiff", "square/scan.tiff", "stripes/stripes_01.png"]
@@ -296,47 +301,34 @@ def test_a_skipped_check_is_said_not_only_recorded(tmp_path):
     assert result.checks["skipped"] in note and "DATA=" in note
 
 
-@pytest.mark.slow
-def test_the_model_vs_head_warning_of_a_bfloat16_run_names_its_rounding_not_another_version(
-        folder_cache, folder_data, tmp_path, monkeypatch):
-    """On a PRECISION=bfloat16 cache the self-check warned of "another TensorFlow/Keras version?", where on the same
-    TensorFlow the bfloat16 backbone's rounding explains it (its rebuilt features several float16 steps off the
-    cached ones, a float32 backbone's one at most). A float32 run keeps the version hint."""
-    from extract import extract_features
+@pytest.mark.parametrize("files,precision", [
+    ({"labels": "labels.json", "keras": "model.keras"}, []),
+    ({"labels": "labels.json", "keras": "model.keras", "saved_model": "saved_model"}, ["bfloat16"]),
+])
+def test_the_checks_warnings_name_the_runs_precision_and_what_was_exported(files, precision):
+    """On a PRECISION=bfloat16 run the self-check warned of "another TensorFlow/Keras version?", where on the same
+    TensorFlow the bfloat16 backbone's rounding explains it (rebuilt features 4-8 float16 steps off the cached ones,
+    a float32 backbone's one at most). With FORMATS=keras the decode warning spoke of "the SavedModel's bytes path
+    (... serving_default)", which was not written: the check compares TensorFlow's decoding with Pillow's."""
+    from heads.export import _check_warnings
 
-    bf16 = extract_features(folder_data, out=tmp_path / "bf16.h5", size=SIZE, weights="none", precision="bfloat16",
-                            batch_size=8, progress=False, **QUIET).path
-    monkeypatch.setattr("heads.export.CHECK_TOLERANCE", -1.0)  # any difference warns: the wording is under test
-    warnings = {}
-    for name, cache in (("float32", folder_cache), ("bfloat16", bf16)):
-        train_head("logreg", cache, tmp_path / name, plots=False, **QUIET)
-        logs: list[str] = []
-        export_run(tmp_path / name, tmp_path / f"out_{name}", formats=("keras",), log=logs.append)
-        warnings[name] = next(m for m in logs if m.startswith("WARNING: the exported model differs from the head"))
-    assert "another TensorFlow/Keras version?" in warnings["float32"] and "PRECISION" not in warnings["float32"]
-    assert "rounding of the run's PRECISION=bfloat16 backbone" in warnings["bfloat16"]
-    assert "version" not in warnings["bfloat16"]
-
-
-@pytest.mark.slow
-def test_the_decode_warning_names_the_savedmodel_only_when_one_was_written(folder_cache, tmp_path, monkeypatch):
-    """With FORMATS=keras the bytes-path warning spoke of "the SavedModel's bytes path (... serving_default)", which
-    was not written: what the check compares is TensorFlow's decoding (decode_images) against Pillow's."""
-    monkeypatch.setattr("heads.export.CHECK_TOLERANCE", -1.0)  # any difference warns: the wording is under test
-    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
-    warnings = {}
-    for formats in (("keras",), ("keras", "saved_model")):
-        logs: list[str] = []
-        export_run(tmp_path / "run", tmp_path / "_".join(formats), formats=formats, log=logs.append)
-        (warnings[formats],) = [m for m in logs if "against the Pillow-decoded pixels" in m]
-    alone = warnings[("keras",)]
-    assert alone.startswith("WARNING: TensorFlow's decode + resize (heads.export.decode_images")
-    assert "no saved_model/ was written" in alone and "SavedModel's bytes path" not in alone
-    assert "serve_images" not in alone and alone.endswith("decode with extract.decode.load_array and feed those "
-                                                          "pixels to model.keras.")
-    assert warnings[("keras", "saved_model")].startswith("WARNING: the SavedModel's bytes path (TF decode + resize, "
-                                                         "signature serving_default) moves probabilities")
-    assert "call the serve_images signature" in warnings[("keras", "saved_model")]
+    checks = {"keras_vs_head_max_abs_diff": 0.011, "bytes_path_vs_pillow_path_max_abs_diff": 0.006, "images": 8,
+              "tf_decode_vs_pillow_max_pixel_diff": 1}
+    model_vs_head, decoding = _check_warnings(checks, files, precision)
+    assert model_vs_head.startswith("the exported model differs from the head on cached features by up to 0.011")
+    if precision:
+        assert "rounding of the run's PRECISION=bfloat16 backbone" in model_vs_head and "version" not in model_vs_head
+        assert decoding.startswith("the SavedModel's bytes path (TF decode + resize, signature serving_default) "
+                                   "moves probabilities by up to 0.006")
+        assert decoding.endswith("decode with extract.decode.load_array and call the serve_images signature (or "
+                                 "model.keras).")
+    else:
+        assert "another TensorFlow/Keras version?" in model_vs_head and "PRECISION" not in model_vs_head
+        assert decoding.startswith("TensorFlow's decode + resize (heads.export.decode_images") and \
+            "no saved_model/ was written" in decoding and "SavedModel's bytes path" not in decoding
+        assert decoding.endswith("decode with extract.decode.load_array and feed those pixels to model.keras.")
+    assert _check_warnings({**checks, "keras_vs_head_max_abs_diff": 0.0, "bytes_path_vs_pillow_path_max_abs_diff": 0.0},
+                           files, precision) == []
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
