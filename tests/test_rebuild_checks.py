@@ -179,6 +179,6 @@ def test_export_warns_when_the_bytes_path_moves_probabilities(folder_cache, tmp_
     export.export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), log=logs.append)
     checks = json.loads((tmp_path / "out" / "export.json").read_text())["checks"]
     assert checks["bytes_path_vs_pillow_path_max_abs_diff"] > 1e-3
-    warnings = [m for m in logs if m.startswith("WARNING") and "bytes path" in m]
+    warnings = [m for m in logs if m.startswith("WARNING") and "against the Pillow-decoded pixels" in m]
     assert len(warnings) == 1 and "make predict" in warnings[0]
     assert f"{checks['bytes_path_vs_pillow_path_max_abs_diff']:.2g}" in warnings[0]
