@@ -43,7 +43,7 @@ import tensorflow as tf
 from .base import Head, load_head
 from .predict import read_run_info
 from .registry import list_heads
-from .train import EXPORT_FILES, EXPORT_FORMAT_FILES
+from .train import EXPORT_FILES, EXPORT_FORMAT_FILES, RANDOM_WEIGHTS_PREDICTIONS_NOTE
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
 FORMATS = ("keras", "saved_model", "tflite")
@@ -759,7 +759,7 @@ def export_run(
                                          "label": "tf.string (batch,)"}},
         },
         "checks": checks,
-        "note": "random backbone weights (WEIGHTS=none): predictions are not meaningful" if random_weights else "",
+        "note": RANDOM_WEIGHTS_PREDICTIONS_NOTE if random_weights else "",
     }
     (out_dir / "export.json").write_text(json.dumps(manifest, indent=2))
     seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ import pandas as pd
 from extract.cache import FeatureCache
 
 from .base import load_head
-from .train import RANDOM_WEIGHTS_NOTE, FeatureSource, full_proba
+from .train import RANDOM_WEIGHTS_PREDICTIONS_NOTE, FeatureSource, full_proba
 
 # Cached test rows are read and classified this many at a time: memory stays flat however many there are
 # (at POOLING=none and 299 px a row is 0.8 MB as float32).
@@ -166,7 +166,7 @@ def predict(
     configs, class_names = info.get("cache_configs") or [info["cache_config"]], info["class_names"]
     head = load_head(run / "head")
     if any(c["weights"]["kind"] == "none" for c in configs):
-        log(f"WARNING: {RANDOM_WEIGHTS_NOTE}")
+        log(f"WARNING: {RANDOM_WEIGHTS_PREDICTIONS_NOTE}")
     from extract.discover import image_suffixes  # noqa: PLC0415
 
     suffixes = image_suffixes()

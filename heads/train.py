@@ -27,6 +27,8 @@ from .registry import canonical_head, create_head, head_params
 from .report import find_data_root
 
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
+# predict and export compute no accuracy: what they say of a random-weights run
+RANDOM_WEIGHTS_PREDICTIONS_NOTE = "random backbone weights (WEIGHTS=none): predictions are not meaningful"
 # all: every view of each training image; clean: round 0 only; augmented: the augmented views only (as features
 # extracted once through an augmenting ImageDataGenerator, the tutorial's way)
 TRAIN_ROUNDS = ("all", "clean", "augmented")

@@ -196,3 +196,14 @@ def test_predict_from_the_cached_test_rows_keeps_skipped_test_images(tmp_path):
     train_head("ridge", no_test, tmp_path / "run2", plots=False, **QUIET)
     with pytest.raises(ValueError, match=r"has no test rows; extract them with `make extract … TEST="):
         predict(tmp_path / "run2", **QUIET)
+
+
+def test_predict_with_random_weights_warns_about_predictions_not_accuracy(kaggle, tmp_path):
+    """predict computes no accuracy: its WEIGHTS=none warning speaks of the predictions, as export's note does."""
+    images, csv, test, cache = kaggle
+    train_head("logreg", cache, tmp_path / "run", **QUIET)
+    said = []
+    predict(tmp_path / "run", test, log=said.append)
+    warning = next(m for m in said if "WEIGHTS=none" in m)
+    assert warning.startswith("WARNING: ") and "predictions are not meaningful" in warning
+    assert "accuracy" not in warning
