@@ -739,6 +739,14 @@ def export_run(
                     np.abs(_tflite_outputs(out_dir / EXPORT_FORMAT_FILES["tflite"], images) - probs).max())
             for warning in _check_warnings(checks, files, reduced_precision):
                 log(f"WARNING: {warning}")
+            flat_features = np.asarray(cached, np.float32).reshape(len(cached), -1)
+            if len(cached) > 1 and not np.ptp(flat_features, axis=0).any():  # every image the same to the head
+                checks["identical_features"] = True
+                log(f"WARNING: the {len(cached)} cached images the check ran on have identical features"
+                    + (" (all zero)" if not flat_features.any() else "") + ": the head gives each the same "
+                    "probabilities, so the check's agreement proves little. train-head warned of such rows; "
+                    "re-extract with DTYPE=float32 if the cache is float16, and check WEIGHTS= (random weights "
+                    "can give tiny or zero features)")
     random_weights = any(c["weights"]["kind"] == "none" for c in _cache_configs(exp.info))
     manifest = {
         "run": str(run.resolve()),
@@ -767,7 +775,9 @@ def export_run(
         + ", ".join(files.values()) + f" in {seconds:.1f} s")
     if checks and "skipped" not in checks:
         log("check on {images} cached images: max |Δp| model vs head {keras_vs_head_max_abs_diff:.2g}, "
-            "bytes path vs Pillow path {bytes_path_vs_pillow_path_max_abs_diff:.2g}".format(**checks))
+            "bytes path vs Pillow path {bytes_path_vs_pillow_path_max_abs_diff:.2g}".format(**checks)
+            + (f", TFLite vs Keras {checks['tflite_vs_keras_max_abs_diff']:.2g}"
+               if "tflite_vs_keras_max_abs_diff" in checks else ""))
     if manifest["note"]:
         log(f"NOTE: {manifest['note']}")
     return ExportResult(out_dir, model, files, checks, seconds)

@@ -151,6 +151,8 @@ def test_export_all_formats_and_serve_encoded_bytes(folder_cache, folder_data, c
 
     if "tflite" in manifest["files"]:
         assert checks["tflite_vs_keras_max_abs_diff"] < TOL
+        assert any(m.startswith("check on 8 cached images: ") and
+                   f"TFLite vs Keras {checks['tflite_vs_keras_max_abs_diff']:.2g}" in m for m in logs)
     else:  # conversion may fail on other TF versions: then it is reported, and the rest is written
         assert manifest["tflite_error"] and any("TFLite conversion failed" in m for m in logs)
 
@@ -329,6 +331,28 @@ def test_the_checks_warnings_name_the_runs_precision_and_what_was_exported(files
         assert decoding.endswith("decode with extract.decode.load_array and feed those pixels to model.keras.")
     assert _check_warnings({**checks, "keras_vs_head_max_abs_diff": 0.0, "bytes_path_vs_pillow_path_max_abs_diff": 0.0},
                            files, precision) == []
+
+
+def test_a_check_on_identical_features_says_it_proves_little(folder_cache, tmp_path, monkeypatch):
+    """MobileNets with random weights give features below float16's range: the cache is all zeros, every image gets
+    the same probabilities, and the export's check agreed perfectly without a word that this proves nothing."""
+    from heads import export
+
+    train_head("ridge", folder_cache, tmp_path / "run", plots=False, **QUIET)
+    chosen = export._check_images
+
+    def zeroed(*args, **kwargs):
+        paths, cached, why = chosen(*args, **kwargs)
+        return paths, np.zeros_like(cached), why
+
+    logs: list[str] = []
+    plain = export.export_run(tmp_path / "run", tmp_path / "plain", formats=("keras",), log=logs.append)
+    assert "identical_features" not in plain.checks and not [m for m in logs if "identical features" in m]
+    monkeypatch.setattr(export, "_check_images", zeroed)
+    result = export.export_run(tmp_path / "run", tmp_path / "out", formats=("keras",), log=logs.append)
+    assert result.checks["identical_features"] is True
+    assert any(m.startswith(f"WARNING: the {result.checks['images']} cached images the check ran on have identical "
+                            "features (all zero): ") and "proves little" in m for m in logs)
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
