@@ -201,7 +201,7 @@ def test_predict_from_the_cached_test_rows_keeps_skipped_test_images(tmp_path):
 def test_predict_with_random_weights_warns_about_predictions_not_accuracy(kaggle, tmp_path):
     """predict computes no accuracy: its WEIGHTS=none warning speaks of the predictions, as export's note does."""
     images, csv, test, cache = kaggle
-    train_head("logreg", cache, tmp_path / "run", **QUIET)
+    train_head("logreg", cache, tmp_path / "run", plots=False, **QUIET)
     said = []
     predict(tmp_path / "run", test, log=said.append)
     warning = next(m for m in said if "WEIGHTS=none" in m)
