@@ -43,7 +43,7 @@ import tensorflow as tf
 from .base import Head, load_head
 from .predict import read_run_info
 from .registry import list_heads
-from .train import EXPORT_FILES, EXPORT_FORMAT_FILES, RANDOM_WEIGHTS_PREDICTIONS_NOTE
+from .train import EXPORT_FILES, EXPORT_FORMAT_FILES, RANDOM_WEIGHTS_PREDICTIONS_NOTE, ZERO_FEATURES_FIX
 
 OUTPUTS = ("softmax", "softmax-pm", "ovr-sigmoid")
 FORMATS = ("keras", "saved_model", "tflite")
@@ -744,9 +744,8 @@ def export_run(
                 checks["identical_features"] = True
                 log(f"WARNING: the {len(cached)} cached images the check ran on have identical features"
                     + (" (all zero)" if not flat_features.any() else "") + ": the head gives each the same "
-                    "probabilities, so the check's agreement proves little. train-head warned of such rows; "
-                    "re-extract with DTYPE=float32 if the cache is float16, and check WEIGHTS= (random weights "
-                    "can give tiny or zero features)")
+                    f"probabilities, so the check's agreement proves little. train-head warned of such rows; "
+                    f"{ZERO_FEATURES_FIX}")
     random_weights = any(c["weights"]["kind"] == "none" for c in _cache_configs(exp.info))
     manifest = {
         "run": str(run.resolve()),

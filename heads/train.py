@@ -29,6 +29,9 @@ from .report import find_data_root
 RANDOM_WEIGHTS_NOTE = "random backbone weights (WEIGHTS=none): accuracy is not meaningful"
 # predict and export compute no accuracy: what they say of a random-weights run
 RANDOM_WEIGHTS_PREDICTIONS_NOTE = "random backbone weights (WEIGHTS=none): predictions are not meaningful"
+# what to do about all-zero features (train-head's warning, and export's when its check ran on such rows)
+ZERO_FEATURES_FIX = ("re-extract with DTYPE=float32 if the cache is float16, and check WEIGHTS= (random weights "
+                     "can give tiny or zero features)")
 # all: every view of each training image; clean: round 0 only; augmented: the augmented views only (as features
 # extracted once through an augmenting ImageDataGenerator, the tutorial's way)
 TRAIN_ROUNDS = ("all", "clean", "augmented")
@@ -559,9 +562,8 @@ def train_head(
                      for split, part in (("training", data.train), ("validation", data.val)) if zero_rows[split]]
             if shown:
                 log("WARNING: " + " and ".join(shown) + f" of {names} have all-zero features: no head can tell them "
-                    f"apart, so this run's figures say little. `make verify FEATURES=...` lists them; re-extract with "
-                    f"DTYPE=float32 if the cache is float16, and check WEIGHTS= (random weights can give tiny or "
-                    f"zero features)")
+                    f"apart, so this run's figures say little. `make verify FEATURES=...` lists them; "
+                    f"{ZERO_FEATURES_FIX}")
 
         if not model.streaming:  # a streaming head's training rows are counted on its train-accuracy pass, below
             warn_zero_rows()
