@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extraction processes, one per GPU or each with a share of the CPU cores "
                         "(default: one per GPU when there are several and no --devices, else 1)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--flush-rows", type=int, default=1024, help="rows per flushed part (resume granularity)")
+    p.add_argument("--flush-rows", type=int, default=None,
+                   help="rows per flushed part (resume granularity; default 1024)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go():
+        from .cache import DEFAULT_FLUSH_ROWS  # noqa: PLC0415
         from .decode import DEFAULT_MAX_PIXELS  # noqa: PLC0415
         from .pipeline import extract_features  # noqa: PLC0415
 
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             size=args.size, pooling=args.pooling, weights=args.weights, dtype=args.dtype, precision=args.precision,
             val=args.val, seed=args.seed, batch_size=args.batch, id_col=args.id_col, label_col=args.label_col,
             max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
-            overwrite=args.overwrite, flush_rows=args.flush_rows,
+            overwrite=args.overwrite,
+            flush_rows=DEFAULT_FLUSH_ROWS if args.flush_rows is None else args.flush_rows,
             augment=args.augment, rounds=args.rounds,
             devices=args.devices.split(",") if args.devices else None, workers=args.workers,
             progress=not args.no_progress,

@@ -31,6 +31,7 @@ FORMAT = "headswap-features"
 FORMAT_VERSION = 1
 DEFAULT_DIR = Path("features_cache")
 CHUNK_ROWS = 256
+DEFAULT_FLUSH_ROWS = 1024  # rows per part file: what a resume can lose at most
 MAX_PART_BYTES = 256 << 20  # a part (and an assembly block) stays below this, whatever the row size
 READ_GAP_BYTES = 256 << 10  # reading past this many unwanted bytes costs about as much as h5py's per-row selection
 READ_SLAB_BYTES = 64 << 20  # the most one read holds (features of wanted and skipped rows)
@@ -263,7 +264,7 @@ class PartsWriter:
     anything complete (that is :func:`assemble`'s job).
     """
 
-    def __init__(self, folder: str | os.PathLike, config: dict[str, Any], flush_rows: int = 1024):
+    def __init__(self, folder: str | os.PathLike, config: dict[str, Any], flush_rows: int = DEFAULT_FLUSH_ROWS):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "config.json"

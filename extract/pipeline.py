@@ -551,7 +551,7 @@ def extract_features(
     augment: str = "none",
     rounds: int = 0,
     overwrite: bool = False,
-    flush_rows: int = 1024,
+    flush_rows: int = cache_mod.DEFAULT_FLUSH_ROWS,
     devices: Sequence[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -579,7 +579,8 @@ def extract_features(
     if workers is not None and int(workers) < 1:
         raise ValueError(f"WORKERS={workers} must be at least 1 process (1: extract in this process)")
     if int(flush_rows) < 1:  # PartsWriter would flush every row: refused like BATCH=0 and WORKERS=0
-        raise ValueError(f"FLUSH_ROWS={flush_rows} must be at least 1 row per flushed part (default 1024)")
+        raise ValueError(f"FLUSH_ROWS={flush_rows} must be at least 1 row per flushed part "
+                         f"(default {cache_mod.DEFAULT_FLUSH_ROWS})")
     if workers is not None and int(workers) > 1 and devices:
         raise ValueError("DEVICES= (one process, a replica per device) and WORKERS= (one process per device) are "
                          "two ways to use several devices: give one of them")
