@@ -214,8 +214,11 @@ def predict(
         })
     table = pd.DataFrame(rows)
     if (~ok).any():
-        log(f"{(~ok).sum()} of {n} images could not be read: " + "; ".join(
-            f"{paths[i].name} ({errors[i]})" for i in np.flatnonzero(~ok)[:5]))
+        bad = np.flatnonzero(~ok)
+        more = (f"; and {len(bad) - 5:,} more (" + (f"every one is in the error column of {out}" if out is not None
+                else "OUT= writes every one, in the error column") + ")" if len(bad) > 5 else "")
+        log(f"{len(bad):,} of {n:,} images could not be read: " + "; ".join(
+            f"{paths[i].name} ({errors[i]})" for i in bad[:5]) + more)
     if submission:
         # A test image that fails to decode still needs its row (Kaggle wants every id); a readme.txt is no test
         # image, so it must not become an id.

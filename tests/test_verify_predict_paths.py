@@ -145,6 +145,24 @@ def test_submission_leaves_out_files_that_are_not_images_but_keeps_broken_images
     assert table.loc[table["path"].str.endswith("readme.txt"), "error"].str.startswith("not an image").all()
 
 
+def test_predict_says_how_many_unreadable_files_its_log_line_does_not_name(synthetic_run, tmp_path, monkeypatch):
+    """The log named the first 5 unreadable files under "7 of 8 images could not be read", and nothing of the others."""
+    new = tmp_path / "new"
+    _png(new / "a.png")
+    for i in range(7):
+        (new / f"empty{i}.jpg").write_bytes(b"")
+    monkeypatch.setattr(predict_module, "_embed_with", fake_embed)
+    logs: list[str] = []
+    table = predict(synthetic_run, new, tmp_path / "p.csv", log=logs.append)
+    (line,) = [m for m in logs if "could not be read" in m]
+    assert line.startswith("7 of 8 images could not be read: empty0.jpg (empty file")
+    assert line.endswith(f"; and 2 more (every one is in the error column of {tmp_path / 'p.csv'})"), line
+    assert (table["error"] != "").sum() == 7
+    logs.clear()
+    predict(synthetic_run, new, log=logs.append)  # `make predict` without OUT= prints no error column
+    assert any(m.endswith("; and 2 more (OUT= writes every one, in the error column)") for m in logs), logs
+
+
 def test_tilde_is_the_home_folder_for_data_labels_and_test(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     images, _ = write_kaggle(tmp_path / "dogs", per_class=2)
