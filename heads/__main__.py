@@ -10,6 +10,8 @@ from extract.cli_util import MakeVariableParser, none_or_str, run_cli
 from .registry import list_heads
 from .train import EXIT_ACCURACY, TRAIN_ROUNDS
 
+SHOWN_ROWS = 30  # rows of the prediction table `make predict` prints
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = MakeVariableParser(prog="python -m heads", description="Train and use heads on cached features.")
@@ -129,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
                             max_pixels=args.max_pixels)
             if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 is shown escaped, as on stderr
                 sys.stdout.reconfigure(errors="backslashreplace")
-            with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=30)))
+            with_pd_options(lambda: print(table.drop(columns=["error"]).to_string(index=False, max_rows=SHOWN_ROWS)))
+            if args.out is None and len(table) > SHOWN_ROWS:  # the rows left out are written nowhere
+                print(f"shown: the first and last {SHOWN_ROWS // 2} of {len(table):,} rows; pass OUT=<file.csv> to "
+                      f"write every row, with its error", file=sys.stderr)
 
     run_cli(go)
 

@@ -308,6 +308,23 @@ def test_predict_prints_a_non_utf8_file_name_escaped(synthetic_run, tmp_path, mo
     assert b"x_\\udce9.png" in stdout.buffer.getvalue()
 
 
+def test_predict_without_out_says_its_printed_table_is_cut(monkeypatch, capsys):
+    """Without OUT= `make predict` printed 30 of 2,006 rows and wrote the others nowhere, without a word."""
+    import heads
+    from heads.__main__ import main
+
+    rows = lambda n: pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": "circle",  # noqa: E731
+                                   "probability": 1.0, "top5": "", "error": ""})
+    for n, said in ((31, "shown: the first and last 15 of 31 rows; pass OUT=<file.csv> to write every row"),
+                    (30, None)):
+        monkeypatch.setattr(heads, "predict", lambda *a, n=n, **k: rows(n))
+        main(["predict", "--run", "r"])
+        err = capsys.readouterr().err
+        assert (said in err) if said else "shown:" not in err, err
+    main(["predict", "--run", "r", "--out", "p.csv"])  # the CSV has every row
+    assert "shown:" not in capsys.readouterr().err
+
+
 def test_predict_gives_a_symlink_loop_the_reason_extract_gives(synthetic_run, tmp_path, monkeypatch):
     """`make predict` listed a symlink to a folder above it as "loopdir (unreadable: Is a directory)"."""
     new = tmp_path / "new"
