@@ -36,6 +36,7 @@ MAX_PART_BYTES = 256 << 20  # a part (and an assembly block) stays below this, w
 READ_GAP_BYTES = 256 << 10  # reading past this many unwanted bytes costs about as much as h5py's per-row selection
 READ_SLAB_BYTES = 64 << 20  # the most one read holds (features of wanted and skipped rows)
 SPLITS = ("train", "val", "test")
+ROUNDS = ("all", "clean", "augmented")  # FeatureCache.rows: every view, round 0 only, the augmented ones
 INPUT_ATTRS = ("labels_csv", "test_root", "id_col", "label_col")  # the fields of Inputs, one root attribute each
 _STR = h5py.string_dtype("utf-8")
 
@@ -596,18 +597,29 @@ class FeatureCache:
             )
 
     def column(self, name: str) -> np.ndarray:
+        if not isinstance(self._f.get(name), h5py.Dataset):
+            names = ", ".join(k for k, v in self._f.items() if isinstance(v, h5py.Dataset) and k != "features")
+            raise KeyError(f"{self.path.name} has no column {name!r}; its columns are: {names} "
+                           f"(features: .features())")
         ds = self._f[name]
         if ds.dtype == _STR or h5py.check_string_dtype(ds.dtype):
             return np.array(ds.asstr(errors="surrogateescape")[()], dtype=object)
         return ds[()]
 
     def rows(self, split: str | None = None, rounds: str = "all") -> np.ndarray:
-        """Indices of rows in ``split`` (all if None); ``rounds='clean'`` keeps round 0 only."""
+        """Indices of rows in ``split`` (all if None); ``rounds='clean'`` keeps round 0 only, ``'augmented'`` the
+        other rounds (TRAIN_ROUNDS's values)."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split={split!r}: a cache's splits are {', '.join(SPLITS)} (None: every row)")
+        if rounds not in ROUNDS:
+            raise ValueError(f"rounds={rounds!r}: choose one of {', '.join(ROUNDS)}")
         mask = np.ones(self.n_rows, dtype=bool)
         if split is not None:
             mask &= self.column("split") == split
         if rounds == "clean":
             mask &= self.column("round") == 0
+        elif rounds == "augmented":
+            mask &= self.column("round") > 0
         return np.flatnonzero(mask)
 
     def features(self, index: np.ndarray | None = None) -> np.ndarray:

@@ -57,6 +57,23 @@ def noise_cache(tmp_path_factory) -> Path:
     return write_cache(tmp_path_factory.mktemp("noise") / "noise.h5", *blobs(separable=False, seed=1))
 
 
+def test_feature_cache_rows_and_column_refuse_names_they_do_not_know(tmp_path):
+    """`FeatureCache.rows("validation")` gave no rows and `rows("train", "augmented")` every row, silently; an
+    unknown column was h5py's "Unable to synchronously open object"."""
+    X, y, split = blobs(n_per_class=2, d=4)
+    path = write_cache(tmp_path / "r.h5", X, y, split, rounds=np.array([0, 1, 0, 1, 0, 1], np.int16))
+    with FeatureCache(path) as c:
+        assert c.rows("train").tolist() == [1, 2, 3, 4] and c.rows("train", "clean").tolist() == [2, 4]
+        assert c.rows("train", "augmented").tolist() == [1, 3] and c.rows(None, "augmented").tolist() == [1, 3, 5]
+        assert c.rows("val", "clean").tolist() == [0]
+        with pytest.raises(ValueError, match=r"split='validation': a cache's splits are train, val, test"):
+            c.rows("validation")
+        with pytest.raises(ValueError, match=r"rounds='augment': choose one of all, clean, augmented"):
+            c.rows("train", "augment")
+        with pytest.raises(KeyError, match=r"no column 'breed'; its columns are: label, path, round, split"):
+            c.column("breed")
+
+
 def test_sgd_trains_out_of_core_in_blocks(separable_cache, tmp_path, monkeypatch):
     reads: list[np.ndarray] = []
     real = FeatureCache.features
