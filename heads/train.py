@@ -513,6 +513,13 @@ def train_head(
     when val accuracy is lower. ``head`` is matched case-insensitively (``Dense`` is ``dense``).
     """
     check_threshold(assert_accuracy)
+    if isinstance(head_args, str):  # HEAD_ARGS's text, as on the make line; dict('C=0.5') fails obscurely
+        try:
+            hint = f": head_args={parse_head_args(head_args)!r}"
+        except ValueError:
+            hint = ", e.g. head_args={'C': 0.5}"
+        raise TypeError(f"head_args={head_args!r} is text, as HEAD_ARGS= is on the make line; in Python pass a "
+                        f"dict{hint}")
     head = canonical_head(head)
     paths = feature_paths(features, cache_dir)
     if features is None or features == "":

@@ -166,6 +166,17 @@ def test_head_args_values_without_a_second_argument_still_parse():
         "units": 64, "dropout1": 0.3, "weights": "distance"}
 
 
+def test_head_args_given_as_text_in_python_say_to_pass_a_dict(tmp_path):
+    """train_head(..., head_args="C=0.5") failed with "dictionary update sequence element #0 has length 1"."""
+    cache = write_cache(tmp_path / "a.h5", OLD)
+    with pytest.raises(TypeError, match=r"head_args='C=0.5 max_iter=50' is text, .* pass a dict: "
+                                        r"head_args=\{'C': 0.5, 'max_iter': 50\}"):
+        train_head("logreg", cache, tmp_path / "run", head_args="C=0.5 max_iter=50", **QUIET)
+    with pytest.raises(TypeError, match=r"pass a dict, e.g. head_args=\{'C': 0.5\}"):
+        train_head("logreg", cache, tmp_path / "run", head_args="C", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
 def test_head_args_with_commas_on_the_command_line(tmp_path, capsys):
     from heads.__main__ import main
 
