@@ -94,7 +94,8 @@ def load_head(folder: str | Path) -> Head:
     folder = Path(folder)
     meta_file = folder / HEAD_FILE
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{folder} holds no saved head ({HEAD_FILE} is missing)")
+        hint = f"; it is a run folder: pass {folder / 'head'}" if (folder / "head" / HEAD_FILE).is_file() else ""
+        raise FileNotFoundError(f"{folder} holds no saved head ({HEAD_FILE} is missing){hint}")
     meta = json.loads(meta_file.read_text())
     head = head_class(meta["head"])(**meta["params"])
     head.classes_ = np.asarray(meta["classes"])

@@ -13,7 +13,7 @@ import pandas as pd
 
 from extract.cache import FeatureCache
 
-from .base import load_head
+from .base import HEAD_FILE, load_head
 from .train import RANDOM_WEIGHTS_PREDICTIONS_NOTE, FeatureSource, full_proba
 
 # Cached test rows are read and classified this many at a time: memory stays flat however many there are
@@ -83,6 +83,8 @@ def read_run_info(run: Path) -> dict:
     if not info_file.is_file():
         inside = sorted(d.name for d in run.iterdir() if (d / "run.json").is_file()) if run.is_dir() else []
         hint = (f"it holds the runs {', '.join(inside)}, e.g. RUN={run / inside[0]}" if inside
+                else f"it is the head/ folder of the run {run.parent}: pass RUN={run.parent}"
+                if (run / HEAD_FILE).is_file() and (run.parent / info_file.name).is_file()
                 else "train one with `make train-head`; runs are under runs/<cache>/<head>/")
         raise FileNotFoundError(f"RUN={run} is not a run folder (no {info_file.name}); {hint}")
     return json.loads(info_file.read_text())

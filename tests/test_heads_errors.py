@@ -12,7 +12,7 @@ from conftest import heads_cli
 from test_heads_train import blobs, write_cache
 
 from extract.cache import CacheError
-from heads import predict, train_head
+from heads import load_head, predict, train_head
 from heads.base import RareClassError
 
 QUIET = {"log": lambda m: None}
@@ -66,6 +66,12 @@ def test_predict_says_a_folder_is_not_a_run(logreg_run, tmp_path):
     # runs/<cache> holds one run per head: the message lists them
     with pytest.raises(FileNotFoundError, match=rf"it holds the runs logreg, e.g. RUN={logreg_run}"):
         predict(logreg_run.parent, tmp_path, **QUIET)
+    # The run's head/ folder, as heads.load_head takes it, and the other way round
+    with pytest.raises(FileNotFoundError, match=rf"it is the head/ folder of the run {logreg_run}: pass "
+                                                rf"RUN={logreg_run}$"):
+        predict(logreg_run / "head", tmp_path, **QUIET)
+    with pytest.raises(FileNotFoundError, match=rf"it is a run folder: pass {logreg_run / 'head'}$"):
+        load_head(logreg_run)
     line = _assert_one_error_line(_cli("predict", "--run", str(missing), "--images", str(tmp_path)),
                                   f"RUN={missing} is not a run folder", "runs/<cache>/<head>/")
     assert "Errno" not in line
