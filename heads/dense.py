@@ -9,6 +9,8 @@ import numpy as np
 from .base import Head, holdout_rows
 from .registry import Param, register_head
 
+PREDICT_BLOCK_ROWS = 4096  # rows per eager call in predict_proba: 4096 x 2048 float32 features are 32 MB
+
 
 @register_head("dense")
 class DenseHead(Head):
@@ -99,7 +101,12 @@ class DenseHead(Head):
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        return np.asarray(self.model_.predict(np.asarray(X, np.float32), batch_size=256, verbose=0))
+        # The model called eagerly, a block at a time: model.predict traces a tf.function for each model, and
+        # a process training several dense heads (a notebook, compare-backbones) got TensorFlow's "triggered
+        # tf.function retracing" warning from the sixth on. Same probabilities.
+        X = np.asarray(X, np.float32)
+        return np.concatenate([np.asarray(self.model_(X[i:i + PREDICT_BLOCK_ROWS], training=False))
+                               for i in range(0, max(len(X), 1), PREDICT_BLOCK_ROWS)])
 
     def _save_state(self, folder: Path) -> None:
         import json  # noqa: PLC0415

@@ -219,6 +219,28 @@ def test_dense_widths_dropout_and_epochs_are_settable():
     assert head.n_epochs_ == 2
 
 
+def test_many_dense_heads_in_one_process_predict_without_tensorflow_retracing_warnings():
+    """A notebook or compare-backbones trains several dense heads in one process: Keras's model.predict traced a
+    tf.function for each model, and TensorFlow warned of "retracing" from the fifth. Heads built without fitting."""
+    import logging
+
+    X, y = toy(3)
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for seed in range(6):
+            head = create_head("dense", seed=seed)
+            head.model_, head.classes_ = head._build(X, 3), np.unique(y)
+            proba = head.predict_proba(X[: 7 + seed])  # another row count each time, too
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [w for w in warned if "retracing" in w]
+    np.testing.assert_array_equal(proba, head.model_.predict(X[:12], verbose=0))
+    assert head.predict_proba(X[:0]).shape == (0, 3)
+
+
 def augmented_toy(seed: int = 4, images: int = 12, views: int = 3):
     """Each image's views are near copies (as augmented rounds' features are): a fold holding one view of an image
     while fitting on another would score the image almost as if it were trained on."""
