@@ -16,6 +16,7 @@ import os
 import pickle
 import queue as queue_mod
 import resource
+import sys
 import threading
 import time
 import traceback
@@ -112,6 +113,18 @@ def _worker(k: int, workers: int, job: dict[str, Any], queue, parent: int) -> No
         raise SystemExit(1) from None  # a non-zero exit code, even if the message were lost
 
 
+def _unspawnable_main() -> str | None:
+    """The main script's ``__file__`` when spawn could not run it again (``<stdin>``: a script piped to python).
+
+    Spawn re-imports ``python -m`` modules by name and skips a main without a file (``python -c``, the REPL,
+    notebooks), so only a ``__file__`` that is no file fails, in every worker, after the parent started them."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) or path is None or os.path.isfile(path):
+        return None
+    return str(path)
+
+
 def _shards(n: int, batch_size: int, workers: int) -> list[np.ndarray]:
     """Positions for each worker: batches k, k + K, k + 2K, ... of ``range(n)``."""
     batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
@@ -135,6 +148,11 @@ class WorkerPool:
 
     def __init__(self, workers: int, config: dict[str, Any], batch_size: int, max_pixels: int,
                  log: Callable[[str], None], target: Callable = _worker):
+        main_file = _unspawnable_main()
+        if main_file:
+            raise ValueError(f"WORKERS={workers} starts its processes with Python's spawn, which runs the main script "
+                             f"again from its file, and {main_file} is none (a script piped to python?): save it "
+                             f"and run `python script.py` (with `if __name__ == \"__main__\":`), or use WORKERS=1")
         self.workers, self.config, self.batch_size, self.max_pixels = int(workers), config, batch_size, max_pixels
         self.log, self.target = log, target
         self.feature_shape: tuple[int, ...] | None = None

@@ -132,3 +132,16 @@ def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path):
     assert out.returncode != 0
     assert 'call extract_features under `if __name__ == "__main__":`' in out.stderr
     assert "its error is printed above" in out.stderr
+
+
+def test_a_script_piped_to_python_is_told_to_run_from_a_file(monkeypatch):
+    """`python - < script.py`: spawn would run "<stdin>" again in each worker, which fails after they start."""
+    import types
+
+    piped = types.ModuleType("__main__")
+    piped.__file__ = "<stdin>"
+    monkeypatch.setitem(sys.modules, "__main__", piped)
+    with pytest.raises(ValueError, match=r"<stdin> is none \(a script piped to python\?\): save it and run"):
+        WorkerPool(2, {}, 4, 100, print)
+    piped.__file__ = __file__  # a script run from its file: spawn can run it again
+    WorkerPool(2, {}, 4, 100, print)
