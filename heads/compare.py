@@ -82,8 +82,12 @@ def compare_heads(
     """
     check_threshold(assert_accuracy)
     paths = feature_paths(features, cache_dir)
+    heads = [canonical_head(h) for h in heads or [] if h.strip()]  # HEADS=Dense is dense; HEADS=logreg, is logreg
     named = bool(heads)
-    heads = [canonical_head(h) for h in heads] if heads else list_heads()  # HEADS=Dense is dense
+    heads = heads or list_heads()
+    dupes = sorted({h for h in heads if heads.count(h) > 1})
+    if dupes:  # each would train into the same run folder, replacing the one before, and fill two rows
+        raise ValueError(f"HEADS= names {', '.join(dupes)} twice")
     for name in heads:
         head_class(name)  # an unknown name fails here, before any training
     with FeatureSource(paths) as source:

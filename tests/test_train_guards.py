@@ -202,3 +202,8 @@ def test_head_names_are_case_insensitive(tmp_path, monkeypatch):
 
     table = compare_heads(cache, ["Ridge", "LOGREG"], tmp_path / "cmp", log=lambda m: None)
     assert list(table["head"]) == ["ridge", "logreg"] and (tmp_path / "cmp" / "ridge" / "run.json").is_file()
+    # HEADS=logreg,LogReg trained logreg twice into one run folder and tabulated it twice; an empty name
+    # (HEADS=logreg, with a trailing comma) stopped with "unknown HEAD=''": now left out, as BACKBONES= does
+    with pytest.raises(ValueError, match="HEADS= names logreg twice"):
+        compare_heads(cache, ["logreg", "", "LogReg", "ridge"], tmp_path / "twice", log=lambda m: None)
+    assert not (tmp_path / "twice").exists()
