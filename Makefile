@@ -79,11 +79,13 @@ train-head: $(STAMP) ## train a head: HEAD=logreg|dense|linear-svm|knn|ridge|sgd
 
 compare-heads: $(STAMP) ## train heads (default: all but one that would take hours) on one cache, write compare.md + .png: [FEATURES=] [HEADS=logreg,knn] [TRAIN_ROUNDS=] [ASSERT_ACCURACY=]
 	$(call refuse,compare-heads,HEAD_ARGS C EPOCHS,it trains every head with its default arguments; tune one with make train-head HEAD=<name> HEAD_ARGS=...)
+	$(if $(filter command line,$(origin HEAD)),$(error compare-heads does not take HEAD=: it trains the heads in HEADS= (default: all but one that would take hours); name $(HEAD) there))
 	$(PY) -m heads compare $(call opt,FEATURES,--features) $(call opt,HEADS,--heads) $(call opt,OUT,--out) \
 	  $(call opt,CACHE_DIR,--cache-dir) $(call opt,TRAIN_ROUNDS,--train-rounds) $(call opt,ASSERT_ACCURACY,--assert-accuracy)
 
 compare-backbones: $(STAMP) ## extract + train HEAD per backbone, tabulate: DATA=<dir> BACKBONES=xception,inceptionv3 [HEAD=logreg] [SIZE=] [CACHE_DIR=features_cache]
 	$(call refuse,compare-backbones,AUGMENT ROUNDS WORKERS DEVICES FLUSH_ROWS MAX_PIXELS OVERWRITE EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY $(if $(filter-out float32,$(PRECISION)),PRECISION),it runs every backbone with that setting's default; for another value run make extract BACKBONE=... and make train-head per backbone)
+	$(call refuse,compare-backbones,HEADS,it trains one head (HEAD=) on each backbone; to compare heads run make compare-heads FEATURES=<cache> on the caches it writes)
 	$(if $(filter command line,$(origin BACKBONE)),$(error compare-backbones does not take BACKBONE=: it runs every backbone in BACKBONES=$(BACKBONES); name $(BACKBONE) there))
 	@test -n "$(DATA)" || { echo "error: set DATA=<image folder>, e.g. make compare-backbones DATA=~/dogs/train LABELS=~/dogs/labels.csv BACKBONES=xception,inceptionv3"; exit 2; }
 	$(PY) -m heads compare-backbones --data "$(DATA)" --backbones "$(BACKBONES)" --head "$(HEAD)" \

@@ -41,6 +41,10 @@ def test_a_head_argument_set_twice_differently_is_refused(capsys, tmp_path, argv
     ("compare-backbones", ["DATA=d", "PRECISION=bfloat16"], "compare-backbones does not take PRECISION="),
     ("compare-backbones", ["DATA=d", "AUGMENT=epiuse", "ROUNDS=2"], "compare-backbones does not take AUGMENT="),
     ("compare-backbones", ["DATA=d", "FLUSH_ROWS=64"], "compare-backbones does not take FLUSH_ROWS="),
+    # HEADS= ran HEAD=logreg alone on each backbone; HEAD=dense on compare-heads trained every head
+    ("compare-backbones", ["DATA=d", "HEADS=logreg,dense"], "compare-backbones does not take HEADS=: it trains one"),
+    ("compare-heads", ["HEAD=dense"], "compare-heads does not take HEAD=: it trains the heads in HEADS= (default: all "
+                                      "but one that would take hours); name dense there"),
     # BACKBONE= for BACKBONES=: the Makefile always sets BACKBONE, so only one given on the command line stops it.
     ("compare-backbones", ["DATA=d", "BACKBONE=resnet50"], "compare-backbones does not take BACKBONE=: it runs every "
                                                            "backbone in BACKBONES=xception,inceptionv3,resnet50; name "
