@@ -218,7 +218,7 @@ def write_report(
     *,
     data_root: str | os.PathLike | None = None,
     history: dict[str, list[float]] | None = None,
-    cache_config: dict[str, Any] | None = None,
+    cache_config: dict[str, Any] | list[dict[str, Any]] | None = None,
     gallery_limit: int = GALLERY_LIMIT,
 ) -> Path:
     """Write ``run_dir/report.html``: one self-contained page (pictures are base64 data URIs:
@@ -231,6 +231,7 @@ def write_report(
     paths : array of shape (n_val,), image paths relative to ``data_root`` (as the cache stores them).
     data_root : the image folder; when it (or an image) is gone, the gallery says so instead.
     history : per-epoch ``loss``/``accuracy``/``val_*`` lists (dense, sgd) for training curves.
+    cache_config : the cache's config, or a list of them for joined caches, in the order their features are joined.
 
     Reuses ``confusion_matrix.png`` / ``training_curves.png`` of ``run_dir`` when present.
     """
@@ -250,11 +251,12 @@ def write_report(
 
     parts.append("<h2>Metrics</h2><table>" + "".join(
         f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _metrics_rows(metrics)) + "</table>")
-    if cache_config:
-        w = cache_config.get("weights", {})
-        parts.append(f"<p class='muted'>cache: backbone {e(cache_config['backbone']['name'])}, size "
-                     f"{cache_config['size']}, pooling {e(cache_config['pooling'])}, weights {e(w.get('kind', ''))}, "
-                     f"dtype {e(cache_config['dtype'])}</p>")
+    configs = [cache_config] if isinstance(cache_config, dict) else list(cache_config or [])
+    for k, config in enumerate(configs, 1):  # joined caches: every backbone, in the order their features are joined
+        w = config.get("weights", {})
+        parts.append(f"<p class='muted'>cache{f' {k} of {len(configs)}' if len(configs) > 1 else ''}: backbone "
+                     f"{e(config['backbone']['name'])}, size {config['size']}, pooling {e(config['pooling'])}, "
+                     f"weights {e(w.get('kind', ''))}, dtype {e(config['dtype'])}</p>")
 
     if not len(y_true):
         parts.append("<h2>Validation</h2><p>No validation rows: extract with VAL&gt;0 for per-class "

@@ -659,7 +659,7 @@ def train_head(
         if getattr(model, "history_", None):
             plot_history(model.history_, run_dir / "training_curves.png", title=f"{head} training curves")
         write_report(run_dir, metrics, data.class_names, data.val.y, val_proba, data.val.paths, data_root=root,
-                     history=getattr(model, "history_", None), cache_config=data.config)
+                     history=getattr(model, "history_", None), cache_config=data.configs)
     log(format_summary(metrics, run_dir))
     if assert_accuracy is not None:
         failures = accuracy_failures([metrics], assert_accuracy)

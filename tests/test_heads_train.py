@@ -130,6 +130,8 @@ def test_two_caches_are_joined_by_path_and_round(tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert [c["backbone"]["name"] for c in run["cache_configs"]] == ["first", "second"]
     assert run["cache_config"]["backbone"]["name"] == "first"
+    page = (tmp_path / "run" / "report.html").read_text()  # it named the first backbone alone, as if the only one
+    assert "cache 1 of 2: backbone first," in page and "cache 2 of 2: backbone second," in page
     streamed = train_head("sgd", f"{a},{b}", tmp_path / "sgd", head_args={"block_rows": 16}, **QUIET)
     assert streamed.head.coef_.shape == (3, 16)
 
