@@ -204,7 +204,7 @@ def _metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         return str(v)
     keys = ("val_accuracy", "val_top5_accuracy", "val_log_loss", "train_accuracy", "test_accuracy", "n_train",
             "n_val", "n_test_labelled", "fit_seconds", "predict_ms_per_image", "epochs_run", "best_epoch",
-            "head_args", "selected_params", "fit_note", "train_rounds", "weights", "features")
+            "head_args", "selected_params", "fit_note", "train_rounds", "weights", "all_zero_rows", "features")
     return [(k, fmt(metrics[k])) for k in keys if k in metrics]
 
 
@@ -248,6 +248,12 @@ def write_report(
     if metrics.get("note"):
         parts.append(f"<div class='note'>NOTE: {e(metrics['note'])}. These features come from a randomly "
                      f"initialised backbone; re-extract with WEIGHTS=imagenet for real results.</div>")
+    if metrics.get("all_zero_rows"):  # train-head warned on the console; the page is what gets mailed
+        from .train import ZERO_FEATURES_FIX  # noqa: PLC0415  (train imports this module)
+
+        parts.append(f"<div class='note'>WARNING: {metrics['all_zero_rows']:,} training and validation rows have "
+                     f"all-zero features: no head can tell them apart, so these figures say little. "
+                     f"<code>make verify FEATURES=...</code> lists them; {e(ZERO_FEATURES_FIX)}.</div>")
 
     parts.append("<h2>Metrics</h2><table>" + "".join(
         f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _metrics_rows(metrics)) + "</table>")

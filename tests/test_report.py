@@ -175,6 +175,18 @@ def test_a_class_without_val_images_has_no_recall_and_stays_out_of_the_macro_ave
     assert table.loc["accuracy", "f1-score"] == pytest.approx(4 / 6) and table.loc["accuracy", "support"] == 6
 
 
+def test_report_warns_when_rows_have_all_zero_features(tmp_path):
+    """train-head warned on the console (compare-backbones too), but the page itself said nothing."""
+    y = np.array([0, 1, 2, 0])
+    proba, paths = np.full((4, 3), 1 / 3), [f"{k}.png" for k in range(4)]
+    page = write_report(tmp_path, {"head": "x", "all_zero_rows": 1234}, list("abc"), y, proba, paths).read_text()
+    assert "WARNING: 1,234 training and validation rows have all-zero features" in page
+    assert page.index("all-zero features") < page.index("<h2>Metrics") and "DTYPE=float32" in page
+    assert "<th>all_zero_rows</th><td>1234</td>" in page  # as metrics.json has it
+    clean = write_report(tmp_path, {"head": "x", "all_zero_rows": 0}, list("abc"), y, proba, paths).read_text()
+    assert "all-zero" not in clean and "<div class='note'>" not in clean
+
+
 def test_per_class_table_in_the_report_has_no_nan(folder_cache, tmp_path):
     paths, y = _val_rows(folder_cache)
     proba = np.eye(len(CLASSES))[y]
