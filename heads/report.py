@@ -302,7 +302,8 @@ def write_report(
     if history:
         curves = run_dir / "training_curves.png"
         png = curves.read_bytes() if curves.is_file() else _figure_png(
-            lambda buf: plot_history(history, buf, title=f"{head} training curves"))
+            lambda buf: plot_history(history, buf, title=f"{head} training curves"
+                                     + (f"\n{metrics['note']}" if metrics.get("note") else "")))
         parts.append(f"<h2>Training curves</h2><img class='plot' alt='training curves' src='{_data_uri(png)}'>")
     parts.append("</body></html>\n")
     out = run_dir / "report.html"

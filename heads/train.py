@@ -657,7 +657,8 @@ def train_head(
             plot_confusion(data.val.y, val_proba.argmax(1), data.class_names, run_dir / "confusion_matrix.png",
                            title=f"{head}: validation confusion matrix")
         if getattr(model, "history_", None):
-            plot_history(model.history_, run_dir / "training_curves.png", title=f"{head} training curves")
+            plot_history(model.history_, run_dir / "training_curves.png", title=f"{head} training curves"
+                         + (f"\n{metrics['note']}" if metrics["note"] else ""))  # it plots accuracy too
         write_report(run_dir, metrics, data.class_names, data.val.y, val_proba, data.val.paths, data_root=root,
                      history=getattr(model, "history_", None), cache_config=data.configs)
     log(format_summary(metrics, run_dir))

@@ -15,7 +15,8 @@ from conftest import SIZE, heads_cli
 from extract import FeatureCache, extract_features
 from extract.cache import Batch, CacheError, HDF5Writer
 from heads import create_head, load_head, predict, train_head
-from heads.train import AccuracyBelowThreshold, FeatureSource, load_cache
+from heads import report
+from heads.train import RANDOM_WEIGHTS_NOTE, AccuracyBelowThreshold, FeatureSource, load_cache
 
 QUIET = {"log": lambda m: None}
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +84,9 @@ def test_sgd_trains_out_of_core_in_blocks(separable_cache, tmp_path, monkeypatch
         return real(self, index)
 
     monkeypatch.setattr(FeatureCache, "features", counting)
+    titles: list[str] = []  # the curves plot accuracy: a random-weights cache's say it is not meaningful
+    plot = report.plot_history
+    monkeypatch.setattr(report, "plot_history", lambda h, out, title="": titles.append(title) or plot(h, out, title))
     result = train_head("sgd", separable_cache, tmp_path / "run", head_args={"block_rows": 32, "epochs": 4}, **QUIET)
     monkeypatch.undo()
 
@@ -100,6 +104,7 @@ def test_sgd_trains_out_of_core_in_blocks(separable_cache, tmp_path, monkeypatch
     assert m["val_accuracy"] >= 0.9 and m["train_accuracy"] >= 0.9
     assert result.head.coef_.shape == (3, 16)
     assert (tmp_path / "run" / "training_curves.png").is_file()
+    assert titles == [f"sgd training curves\n{RANDOM_WEIGHTS_NOTE}"]
 
     # The same head fit on in-memory arrays sees the same blocks in the same order: the same model.
     data = load_cache(separable_cache)
