@@ -194,7 +194,8 @@ def _rate_label(ips: float | None, status: str) -> str:
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    return _display(table).to_markdown(index=False, colalign=["left"] + ["right"] * 6)
+    # tabulate would read "1.0000" as a number and write it "1": the cells stay as printed
+    return _display(table).to_markdown(index=False, colalign=["left"] + ["right"] * 6, disable_numparse=True)
 
 
 def _text(table: pd.DataFrame) -> str:
