@@ -398,6 +398,14 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
                 return Plan([], path, f"up to date: {path} ({c.n_rows:,} rows, {len(skipped_before):,} skipped); "
                                       f"nothing to do", up_to_date=True)
             old_k = c.config["augmentation"].get("rounds", 0)
+            new_k = config["augmentation"]["rounds"]
+            if source == path and new_k < old_k:  # an explicit OUT=: a default name differs with ROUNDS
+                dropped = int((c.column("round") > new_k).sum())
+                rounds_gone = f"round {old_k}" if new_k + 1 == old_k else f"rounds {new_k + 1}-{old_k}"
+                raise cache_mod.CacheError(
+                    f"OUT={path} holds ROUNDS={old_k}: ROUNDS={new_k} would delete its {dropped:,} rows of "
+                    f"{rounds_gone}. Choose another OUT= (this file is kept) or pass OVERWRITE=1 to replace it; "
+                    f"to train on fewer views, keep it and use TRAIN_ROUNDS=clean.")
             if new_paths and same_data:
                 messages.append(f"same images, other paths ({_describe_inputs(c.inputs)} → "
                                 f"{_describe_inputs(inputs)}): rewriting {source.name} to record them")

@@ -142,6 +142,23 @@ def test_extending_rounds_runs_the_backbone_only_on_the_new_round(tmp_path, monk
     assert_same_cache(two.path, independent.path)
 
 
+def test_an_explicit_out_takes_more_rounds_in_place_but_is_never_cut_to_fewer(tmp_path):
+    """A default file name changes with ROUNDS; an explicit OUT= does not, and a lower ROUNDS deleted its rows."""
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    out = tmp_path / "my.h5"
+    kw = dict(out=out, size=SIZE, weights="none", augment="epiuse", batch_size=8, **QUIET)
+    extract_features(data, rounds=1, **kw)
+    extract_features(data, rounds=2, **kw)  # adds round 2 to the same file
+    with FeatureCache(out) as c:
+        rows, round_2 = c.n_rows, int((c.column("round") == 2).sum())
+    assert round_2 > 0
+    with pytest.raises(CacheError, match=rf"holds ROUNDS=2: ROUNDS=1 would delete its {round_2} rows of round 2\. "
+                                         r"Choose another OUT= \(this file is kept\) or pass OVERWRITE=1"):
+        extract_features(data, rounds=1, **kw)
+    with FeatureCache(out) as c:
+        assert c.n_rows == rows and c.config["augmentation"]["rounds"] == 2
+
+
 def test_a_sibling_with_other_rounds_is_reused_only_for_the_same_folder_and_never_with_overwrite(tmp_path):
     """An augmented cache of one folder is no sibling for another folder's (it used to be taken, and refused,
     even with OVERWRITE=1); OVERWRITE=1 extracts afresh rather than copying a sibling's rows."""
