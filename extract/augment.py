@@ -23,7 +23,7 @@ _FRACTION_KEYS = {
     "rotation": "fraction of a full turn, 0 to 1 (0.15 = up to ±54°)",
     "width_shift": "fraction of the width, 0 to 1",
     "height_shift": "fraction of the height, 0 to 1",
-    "zoom": "fraction, 0 to 1 (0.2 = 80% to 120%)",
+    "zoom": "fraction, 0 to below 1 (0.2 = 80% to 120%)",
     "brightness": "fraction of the 0-255 range, 0 to 1",
     "contrast": "fraction, 0 to 1",
     "shear": "fraction, 0 to 1",
@@ -49,6 +49,11 @@ class AugmentSpec:
     def enabled(self) -> bool:
         return any(k != "fill" and v not in (0, 0.0, "none") for k, v in self.params)
 
+    def why_disabled(self, text: str | None) -> str:
+        """Why ``AUGMENT=text`` (which parsed to this spec) changes no pixel, for a refusal."""
+        return (f"AUGMENT={text or 'none'} changes no pixel" + (" (every value is 0 or none)" if self.params else "")
+                + ": set AUGMENT=tutorial, epiuse or key=value pairs with a value above 0")
+
     def as_config(self) -> dict[str, Any]:
         return {"preset": self.preset, "params": dict(self.params)}
 
@@ -62,9 +67,22 @@ def parse_augment(text: str | None) -> AugmentSpec:
         raise ValueError(f"AUGMENT={text!r} is not a preset ({', '.join(PRESETS)}) nor key=value pairs "
                          f"like 'rotation=0.1,zoom=0.2,flip=horizontal'")
     params: dict[str, Any] = {"fill": "nearest"}
-    for token in text.split(","):
-        key, _, value = (t.strip() for t in token.partition("="))
+    given: dict[str, str] = {}  # key: the pair that set it
+    for token in (t.strip() for t in text.split(",")):
+        if not token:  # 'zoom=0.2,' or ',,': an empty pair
+            continue
+        key, eq, value = (t.strip() for t in token.partition("="))
+        if not eq and key in PRESETS:
+            spelled = ",".join(f"{k}={v}" for k, v in PRESETS[key].items())
+            raise ValueError(f"AUGMENT={text!r}: a preset does not combine with key=value pairs; write its values "
+                             f"out instead ({key} is {spelled!r}) and add yours")
+        if not eq or "=" in value or ";" in value:
+            raise ValueError(f"AUGMENT={text!r}: {token!r} is not one key=value pair; separate the pairs with "
+                             f"commas, e.g. 'rotation=0.1,zoom=0.2'")
         for k in ALIASES.get(key, (key,)):
+            if k in given:
+                raise ValueError(f"AUGMENT={text!r} sets {k} twice ({given[k]!r} and {token!r}); give it once")
+            given[k] = token
             params[k] = _check(k, value)
     return AugmentSpec("custom", tuple(sorted(params.items())))
 
@@ -85,7 +103,7 @@ def _check(key: str, value: str) -> Any:
         number = float(value)
     except ValueError:
         raise ValueError(f"AUGMENT {key}={value!r} is not a number; {key} is a {_FRACTION_KEYS[key]}") from None
-    if not 0.0 <= number <= 1.0:
+    if not 0.0 <= number <= 1.0 or (key == "zoom" and number == 1.0):  # zoom=1: a view of 0% to 200% of the image
         raise ValueError(f"AUGMENT {key}={number} is out of range; {key} is a {_FRACTION_KEYS[key]}")
     return number
 

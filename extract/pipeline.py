@@ -111,7 +111,7 @@ def augmentation_config(augment: str | None, rounds: int, seed: int) -> dict[str
     if rounds < 0:
         raise ValueError(f"ROUNDS={rounds} must be 0 or more")
     if rounds and not spec.enabled:
-        raise ValueError(f"ROUNDS={rounds} needs an augmentation: set AUGMENT=tutorial, epiuse or key=value pairs")
+        raise ValueError(f"ROUNDS={rounds} needs an augmentation, and {spec.why_disabled(augment)}")
     if spec.enabled and not rounds:
         raise ValueError(f"AUGMENT={augment} adds augmented views only with ROUNDS=K (K views of every training "
                          f"image besides the clean one): set ROUNDS=1 or more, or leave AUGMENT unset")

@@ -32,6 +32,8 @@ def preview_augment(data: str | Path, augment: str = "tutorial", rounds: int = 4
     from .pipeline import image_dataset  # noqa: PLC0415  (imports TensorFlow)
 
     spec = parse_augment(augment)
+    if not spec.enabled:  # the preview would show unchanged copies as "round 1", "round 2", ...
+        raise ValueError(f"nothing to preview: {spec.why_disabled(augment)}")
     found = discover(data, labels=labels, val=val, seed=seed, id_col=id_col, label_col=label_col)
     candidates, left_out, readable = [it for it in found.items if it.split == TRAIN], [], set()
     while True:  # a file that does not decode (extraction skips it) would show as black tiles: pick another

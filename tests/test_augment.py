@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -33,10 +34,31 @@ def test_presets_hold_their_documented_values():
     ("flip=diagonal", "flip='diagonal' is not one of none, horizontal, vertical, horizontal_and_vertical"),
     ("blur=0.1", "no key 'blur'; keys are: rotation, width_shift"),
     ("fancy", "not a preset (none, tutorial, epiuse)"),
+    ("zoom=1", "zoom=1.0 is out of range; zoom is a fraction, 0 to below 1"),
+    ("rotation=0.1 zoom=0.2", "'rotation=0.1 zoom=0.2' is not one key=value pair; separate the pairs with commas"),
+    ("rotation=0.1;zoom=0.2", "is not one key=value pair; separate the pairs with commas"),
+    ("tutorial,flip=horizontal", "a preset does not combine with key=value pairs; write its values out instead "
+                                 "(tutorial is 'width_shift=0.2,height_shift=0.2,zoom=0.2,fill=nearest')"),
+    ("flip=horizontal,flip=vertical", "sets flip twice ('flip=horizontal' and 'flip=vertical'); give it once"),
+    ("shift=0.1,width_shift=0.3", "sets width_shift twice ('shift=0.1' and 'width_shift=0.3')"),
 ])
 def test_bad_augment_values_name_the_key_and_range(text, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_augment(text)
+
+
+def test_empty_pairs_are_ignored_and_an_augmentation_that_changes_nothing_is_refused(tmp_path):
+    from extract.preview import preview_augment
+
+    assert parse_augment("zoom=0.2,,flip=horizontal,") == parse_augment("zoom=0.2,flip=horizontal")
+    for text, said in ((None, "AUGMENT=none changes no pixel: set"),
+                       ("zoom=0,fill=constant", "AUGMENT=zoom=0,fill=constant changes no pixel (every value is 0 or "
+                                                "none)")):
+        with pytest.raises(ValueError, match=re.escape(f"ROUNDS=2 needs an augmentation, and {said}")):
+            pipeline.make_config(backbone="xception", size=SIZE, pooling="avg", weights="none", dtype="float16",
+                                 precision="float32", seed=0, val=0.2, augment=text, rounds=2)
+    with pytest.raises(ValueError, match=r"nothing to preview: AUGMENT=zoom=0 changes no pixel"):
+        preview_augment(tmp_path, augment="zoom=0", out=tmp_path / "p.png")
 
 
 def _views(data, order, batch_size, spec="epiuse"):
