@@ -341,6 +341,11 @@ class Plan:
     up_to_date: bool = False
 
 
+def view_unit(config: dict[str, Any]) -> str:
+    """What extraction counts: images, or views when augmented rounds add several per training image."""
+    return "view" if config["augmentation"].get("rounds", 0) else "image"
+
+
 def wanted_rounds(found: Discovery, config: dict[str, Any]) -> dict[str, int]:
     """Rows wanted per image: training images get 1 + ROUNDS views, others the clean view only."""
     k = int(config["augmentation"].get("rounds", 0))
@@ -622,6 +627,10 @@ def extract_features(
                 return ExtractResult(path, c.n_rows, len(c.skipped()), 0.0, up_to_date=True)
         if config["weights"]["kind"] == "none":
             log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+        unit = view_unit(config)
+        if unit == "view" and plan.views:  # the bar and the rate count views, not images
+            log(f"{len(plan.views):,} views to extract: the clean view of each image, and ROUNDS="
+                f"{config['augmentation']['rounds']} augmented views of each training image")
         start = time.perf_counter()
         pool, strategy, model, kept_shape = None, None, None, None
         n_workers = (int(workers) if workers is not None else default_workers(devices)) if plan.views else 0
@@ -681,9 +690,10 @@ def extract_features(
             f"features, so heads cannot tell them apart: "
             + (f"DTYPE={config['dtype']} may have rounded tiny features to 0 (DTYPE=float32 keeps them); "
                if config["dtype"] == "float16" else "") + "check WEIGHTS= (random weights can give tiny features)")
-    log(f"extracted {len(plan.views) - len(skip_reasons):,} views in {seconds:,.1f} s "
-        f"({len(plan.views) / max(seconds, 1e-9):,.1f} images/s"
-        + (f"; {throughput:,.1f} images/s once the backbone was built" if throughput else "")
+    tried = f" of {len(plan.views):,}" if skip_reasons else ""  # the rest are the skipped images' views
+    log(f"extracted {len(plan.views) - len(skip_reasons):,}{tried} {unit}s in {seconds:,.1f} s "
+        f"({len(plan.views) / max(seconds, 1e-9):,.1f} {unit}s/s"
+        + (f"; {throughput:,.1f} {unit}s/s once the backbone was built" if throughput else "")
         + f"); {rows:,} rows in the cache")
     log(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
     return ExtractResult(path, rows, len(all_skips), seconds,
@@ -777,7 +787,8 @@ def run_extraction(
     zero_rows = 0
     if not views:
         return skip_reasons, zero_rows
-    bar = tqdm(total=len(views), unit="img", disable=not progress, desc="extract", dynamic_ncols=True)
+    bar = tqdm(total=len(views), unit="img" if view_unit(config) == "image" else "view", disable=not progress,
+               desc="extract", dynamic_ncols=True)
     seed = config["augmentation"]["seed"]
     augment = dict(augment=augment_spec(config), rounds=[v.round for v in views],
                    seeds=np.stack([view_seed(seed, v.item.relpath, v.round) for v in views]))

@@ -122,20 +122,31 @@ def test_each_value_a_layer_draws_is_random_on_its_own():
 
 
 def test_rows_are_train_times_k_plus_one_plus_val_and_test(tmp_path):
-    write_class_folders(tmp_path / "d" / "train", per_class=6)
+    train = write_class_folders(tmp_path / "d" / "train", per_class=6)
     write_class_folders(tmp_path / "d" / "test", per_class=1, seed=4)
+    empty = next(p for p in train.iterdir() if p.is_dir()) / "empty.png"
+    empty.write_bytes(b"")
+    logs: list[str] = []
     result = extract_features(tmp_path / "d", out=tmp_path / "c.h5", size=SIZE, weights="none", augment="tutorial",
-                              rounds=2, **QUIET)
+                              rounds=2, progress=False, log=logs.append)
     with FeatureCache(result.path) as c:
         split, rnd, paths = c.column("split"), c.column("round"), c.column("path")
         n_train = len(set(paths[split == "train"]))
         n_val, n_test = (split == "val").sum(), (split == "test").sum()
         assert c.n_rows == n_train * 3 + n_val + n_test and n_test == 3 and n_val > 0
+        assert [p for p, _ in c.skipped()] == [empty.relative_to(tmp_path / "d").as_posix()]
+        rows = c.n_rows
         assert (rnd[split != "train"] == 0).all()
         assert sorted(set(rnd[split == "train"])) == [0, 1, 2]
         assert c.config["augmentation"] == {"preset": "tutorial", "params": PRESETS["tutorial"],
                                             "sampler": "keras-layers-2", "rounds": 2, "seed": 0}
         assert not set(paths[split == "train"]) & set(paths[split == "val"])
+    # The run counts views, not images: the skipped image's views (3 in train, 1 in val) were tried, not extracted.
+    said = "\n".join(logs)
+    assert "views to extract: the clean view of each image, and ROUNDS=2 augmented views of each training image" \
+        in said
+    done = re.search(r"^extracted (\d+) of (\d+) views in [\d.]+ s \([\d.]+ views/s", said, re.M)
+    assert done and int(done[1]) == rows and int(done[2]) - rows in (1, 3)
 
 
 def test_extending_rounds_runs_the_backbone_only_on_the_new_round(tmp_path, monkeypatch):
