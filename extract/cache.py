@@ -258,7 +258,8 @@ def parts_dir(path: str | os.PathLike) -> Path:
 
 
 class PartsWriter:
-    """Buffers rows and flushes them as atomic part files of ``flush_rows`` rows (or 256 MB, if less).
+    """Buffers rows and flushes them as atomic part files once ``flush_rows`` rows (or 256 MB) have gathered: rows
+    come a batch at a time, so a part holds whole batches.
 
     A part is written to ``part-NNNNNN.npz.tmp`` and renamed, so after a SIGKILL at any
     moment every ``part-*.npz`` is whole. ``close()`` flushes what is left; it never marks
