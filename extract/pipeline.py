@@ -417,22 +417,24 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
         old = source
         if source != path:
             messages.append(f"reusing the rows of {source.name} (same config with ROUNDS={old_k})")
+        # A skip records no file stamp, so a file skipped last time is decoded again whether or not it was
+        # replaced: say so, or "0 modified" would be followed by more extracted views than added images.
+        now = {it.relpath for it in found.items}
+        retried = sum(p in now for p in {p for p, _ in skipped_before})
+        retry_note = (f"; {retried:,} file{'s' if retried > 1 else ''} skipped last time "
+                      f"{'are' if retried > 1 else 'is'} tried again" if retried else "")
         if old_k != config["augmentation"]["rounds"]:
-            messages.append(f"ROUNDS {old_k} → {config['augmentation']['rounds']}: only missing rounds are extracted")
+            messages.append(f"ROUNDS {old_k} → {config['augmentation']['rounds']}: only missing rounds are extracted"
+                            + (retry_note if same_data else ""))
         if retry_big:
             messages.append(f"MAX_PIXELS={max_pixels:,} is above the limit {len(too_big):,} images were skipped under: "
                             f"retrying them")
         if not same_data:
             added, removed, modified = _row_changes(have, skipped_before, found)
-            # A skip records no file stamp, so a file skipped last time is decoded again whether or not it was
-            # replaced: say so, or "0 modified" would be followed by more extracted views than added images.
-            now = {it.relpath for it in found.items}
-            retried = sum(p in now for p in {p for p, _ in skipped_before})
             messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
                             f"{modified:,} modified" + ("" if added or removed or modified else
                                                        " (labels or splits changed: the rows are relabelled)")
-                            + (f"; {retried:,} file{'s' if retried > 1 else ''} skipped last time "
-                               f"{'are' if retried > 1 else 'is'} tried again" if retried else ""))
+                            + retry_note)
     parts = cache_mod.parts_dir(path)
     if parts.is_dir():
         parts_key = cache_mod.parts_config_key(parts)
