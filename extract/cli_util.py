@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 def run_cli(fn: Callable[[], object], interrupted: str = "") -> None:
     """Run ``fn``; a user error prints one clear line and exits 2 instead of a traceback.
 
-    An ``OSError`` (OUT= a folder, a full disk, no permission) is one line too. Ctrl-C prints
+    An ``OSError`` (OUT= a folder, a full disk, no permission) or a ``MemoryError`` (BATCH= too large, saying
+    so) is one line too. Ctrl-C prints
     ``interrupted`` and what it means (``interrupted``: e.g. how to resume), exit 130.
     """
     from .backbones import WeightsUnavailableError  # noqa: PLC0415
@@ -23,7 +24,7 @@ def run_cli(fn: Callable[[], object], interrupted: str = "") -> None:
 
     try:
         fn()
-    except (DataError, CacheError, WeightsUnavailableError, OSError, ValueError) as err:
+    except (DataError, CacheError, WeightsUnavailableError, OSError, ValueError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

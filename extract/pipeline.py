@@ -313,9 +313,15 @@ def embed(
             sliced = strategy.experimental_distribute_values_from_function(
                 lambda ctx: imgs[bounds[ctx.replica_id_in_sync_group]:bounds[ctx.replica_id_in_sync_group + 1]])
             return np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(sliced))])
-    for idx, imgs, reasons in ds:
-        feats = np.asarray(infer(imgs))
-        yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]
+    try:
+        for idx, imgs, reasons in ds:
+            feats = np.asarray(infer(imgs))
+            yield idx.numpy(), feats, [r.decode("utf-8", "replace") for r in reasons.numpy()]
+    except tf.errors.ResourceExhaustedError as err:  # a batch of decoded images, or the backbone on it (a GPU)
+        said = (err.message or str(err)).strip().splitlines()[0]
+        said = said.split("MemoryError: ", 1)[-1][:300]  # numpy's "Unable to allocate ..." without tf.data's prefix
+        raise MemoryError(f"out of memory with BATCH={batch_size} at SIZE={size} ({said}): lower BATCH= (or SIZE=). "
+                          f"The parts flushed so far are kept: the same command resumes.") from None
 
 
 def _summarise_skips(reasons: list[str]) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 # Errors whose message already tells the user what to do: re-raised as they are (the CLI prints one line).
-_USER_ERRORS = (ValueError, FileNotFoundError)
+_USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)
 POLL_SECONDS = 0.5
 
 

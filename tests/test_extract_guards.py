@@ -176,3 +176,23 @@ def test_change_counts_say_that_files_skipped_last_time_are_tried_again(tmp_path
                for line in logs), logs
     with FeatureCache(result.path) as c:
         assert "square/broken.png" in c.column("path").tolist() and c.skipped() == []
+
+
+def test_running_out_of_memory_says_to_lower_batch_and_that_the_run_resumes(monkeypatch):
+    """A SIZE= or BATCH= too large for memory (decoding a batch, or the backbone on a GPU) ended in TensorFlow's
+    ResourceExhaustedError traceback; it is one MemoryError saying what to lower (the CLI prints it as one line)."""
+    import tensorflow as tf
+
+    from extract import pipeline
+
+    def dataset(paths, size, batch_size, max_pixels, **kw):
+        def decode(i):
+            raise MemoryError("Unable to allocate 1.36 TiB for an array")
+        return tf.data.Dataset.range(1).map(lambda i: (i, tf.numpy_function(decode, [i], tf.uint8), tf.constant("")))
+
+    monkeypatch.setattr(pipeline, "image_dataset", dataset)
+    monkeypatch.setattr(pipeline, "backbone_function", lambda model, dtype: model)
+    with pytest.raises(MemoryError, match=r"^out of memory with BATCH=2 at SIZE=500000 \(Unable to allocate 1\.36 TiB "
+                                          r"for an array\): lower BATCH= \(or SIZE=\)\. The parts flushed so far are "
+                                          r"kept: the same command resumes\.$"):
+        list(pipeline.embed(["a.jpg"], None, 500000, batch_size=2))
