@@ -637,8 +637,9 @@ def extract_features(
             log(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
         unit = view_unit(config)
         if unit == "view" and plan.views:  # the bar and the rate count views, not images
-            log(f"{len(plan.views):,} views to extract: the clean view of each image, and ROUNDS="
-                f"{config['augmentation']['rounds']} augmented views of each training image")
+            k = config["augmentation"]["rounds"]
+            log(f"{len(plan.views):,} views to extract (with ROUNDS={k} a training image has {k + 1}: its clean "
+                f"view and {k} augmented ones; other images their clean view)")
         start = time.perf_counter()
         pool, strategy, model, kept_shape = None, None, None, None
         n_workers = (int(workers) if workers is not None else default_workers(devices)) if plan.views else 0
