@@ -12,7 +12,7 @@ import pandas as pd
 from extract.cache import DEFAULT_DIR
 
 from .base import RareClassError
-from .registry import canonical_head, create_head, head_class, list_heads
+from .registry import canonical_head, create_head, list_heads
 from .train import (
     RANDOM_WEIGHTS_NOTE,
     AccuracyBelowThreshold,
@@ -82,14 +82,19 @@ def compare_heads(
     """
     check_threshold(assert_accuracy)
     paths = feature_paths(features, cache_dir)
+    typed = ",".join(h.strip() for h in heads or [])
     heads = [canonical_head(h) for h in heads or [] if h.strip()]  # HEADS=Dense is dense; HEADS=logreg, is logreg
     named = bool(heads)
     heads = heads or list_heads()
+    unknown = [h for h in heads if h not in list_heads()]
+    if unknown:  # before any training; head_class's own error would name HEAD=, which compare-heads refuses
+        raise ValueError(f"HEADS={typed} names {'an unknown head' if len(unknown) == 1 else 'unknown heads'} "
+                         f"{', '.join(unknown)}; choose from: {', '.join(list_heads())}. Fix HEADS= (comma-separated "
+                         f"names), e.g. HEADS=logreg,dense, or leave it unset for every head but one that would take "
+                         f"hours")
     dupes = sorted({h for h in heads if heads.count(h) > 1})
     if dupes:  # each would train into the same run folder, replacing the one before, and fill two rows
         raise ValueError(f"HEADS= names {', '.join(dupes)} twice")
-    for name in heads:
-        head_class(name)  # an unknown name fails here, before any training
     with FeatureSource(paths) as source:
         if assert_accuracy is not None and not len(source.rows("val")):
             raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from extract import backbones as _backbones
-from extract.backbones import BackboneSpec, WeightsUnavailableError, get_backbone, weights_identity
+from extract.backbones import BackboneSpec, WeightsUnavailableError, get_backbone, list_backbones, weights_identity
 from extract.cache import DEFAULT_DIR, FeatureCache, parts_dir
 
 from .registry import create_head
@@ -36,7 +36,13 @@ def _validate(backbones: Sequence[str], head: str, head_args: dict[str, Any], ex
     dupes = sorted({b for b in backbones if list(backbones).count(b) > 1})
     if dupes:
         raise ValueError(f"BACKBONES= names {', '.join(dupes)} twice")
-    specs = [get_backbone(b) for b in backbones]  # unknown names: error listing the registry
+    unknown = [b for b in backbones if b not in list_backbones()]
+    if unknown:  # get_backbone's own error would name BACKBONE=, which compare-backbones refuses
+        raise ValueError(f"BACKBONES={','.join(backbones)} names "
+                         f"{'an unknown backbone' if len(unknown) == 1 else 'unknown backbones'} {', '.join(unknown)}; "
+                         f"choose from: {', '.join(list_backbones())}. Fix BACKBONES= (comma-separated names), "
+                         f"e.g. BACKBONES=xception,inceptionv3,resnet50")
+    specs = [get_backbone(b) for b in backbones]
     create_head(head, **head_args)  # unknown head or bad HEAD_ARGS: error before any extraction
     if "out" in extract_kwargs:
         raise ValueError("out= names one cache file; compare_backbones() writes one cache per backbone into "

@@ -335,7 +335,8 @@ def test_compare_backbones_refuses_bad_settings_before_any_work(folder_data, tmp
               **kw}
         return compare_backbones(folder_data, backbones, "logreg", **kw)
 
-    with pytest.raises(ValueError, match="unknown BACKBONE='alexnet'; choose one of: .*xception"):
+    with pytest.raises(ValueError, match="BACKBONES=xception,alexnet names an unknown backbone alexnet; choose from: "
+                                         ".*xception"):
         run(["xception", "alexnet"])
     with pytest.raises(ValueError, match=r"SIZE=50 is too small for xception \(>= 71\), inceptionv3 \(>= 75\)"):
         run(["xception", "inceptionv3", "vgg16"], size=50)

@@ -95,3 +95,24 @@ def test_an_os_error_is_one_line_and_ctrl_c_says_how_to_resume(capsys, monkeypat
     assert exit_.value.code == 130
     assert capsys.readouterr().err == ("interrupted: the parts flushed so far (every FLUSH_ROWS rows) are kept; "
                                        "run the same command again to resume\n")
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["compare-backbones", "--data", "d", "--backbones", "xception,nosuch,alsonot", "--weights", "none"],
+     "error: BACKBONES=xception,nosuch,alsonot names unknown backbones nosuch, alsonot; choose from: convnexttiny, "),
+    (["compare", "--features", "never-read.h5", "--heads", "logreg,nosuch"],
+     "error: HEADS=logreg,nosuch names an unknown head nosuch; choose from: dense, knn, linear-svm, logreg, ridge, "
+     "sgd."),
+])
+def test_an_unknown_name_in_a_list_names_the_list_variable(capsys, tmp_path, monkeypatch, argv, said):
+    """`make compare-backbones BACKBONES=xception,nosuch` said "unknown BACKBONE='nosuch'" (the single-run
+    variable, which that target refuses); likewise HEADS= and HEAD=. Both stop before any file is read."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        heads_main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(said), err
+    variable = said.split()[1].split("=")[0]
+    assert f"Fix {variable}= (comma-separated names)" in err
+    assert "BACKBONE=" not in err.replace("BACKBONES=", "") and "HEAD=" not in err.replace("HEADS=", "")
+    assert list(tmp_path.iterdir()) == []
