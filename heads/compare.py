@@ -119,7 +119,7 @@ def compare_heads(
     for name in heads:
         try:
             metrics.append(train_head(name, paths, out_dir / name, train_rounds=train_rounds, cache_dir=cache_dir,
-                                      log=log).metrics)
+                                      cost_noted=True, log=log).metrics)  # its NOTE came before the first head
         except RareClassError as err:  # this data cannot fit this head: say why, train the others
             log(f"skipping {name}: {err}")
             skipped[name] = err

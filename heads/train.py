@@ -492,6 +492,7 @@ def train_head(
     data_root: str | os.PathLike | None = None,
     assert_accuracy: float | None = None,
     plots: bool = True,
+    cost_noted: bool = False,
     log: Callable[[str], None] = _log,
 ) -> TrainResult:
     """Fit head ``head`` on a cache and write ``run`` (default ``runs/<cache stem>/<head>/``).
@@ -512,6 +513,8 @@ def train_head(
 
     With ``assert_accuracy``, raises :class:`AccuracyBelowThreshold` (after writing the run)
     when val accuracy is lower. ``head`` is matched case-insensitively (``Dense`` is ``dense``).
+    A head that would take hours says so in a NOTE before fitting, unless ``cost_noted`` (the caller has
+    said it already, as :func:`heads.compare.compare_heads` does before its first head).
     """
     check_threshold(assert_accuracy)
     if isinstance(head_args, str):  # HEAD_ARGS's text, as on the make line; dict('C=0.5') fails obscurely
@@ -545,7 +548,7 @@ def train_head(
         if note:
             log(f"NOTE: {note}")
         cost = model.cost_note(len(data.train), n_classes)
-        if cost:  # before the fit, not after hours of silence
+        if cost and not cost_noted:  # before the fit, not after hours of silence
             log(f"NOTE: {cost}. HEAD=logreg is the fast linear head.")
 
         untrained = [name for k, name in enumerate(data.class_names) if k not in set(np.unique(data.train.y).tolist())]

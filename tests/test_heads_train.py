@@ -437,6 +437,30 @@ def test_linear_svm_says_before_fitting_when_many_classes_would_take_hours(tmp_p
     assert not [m for m in logs if "one-vs-rest" in m]
 
 
+def test_compare_heads_says_a_named_costly_heads_note_once(tmp_path, monkeypatch):
+    """HEADS=logreg,linear-svm printed linear-svm's NOTE before the first head and again when its turn came."""
+    from heads import compare
+    from heads.linear_svm import LinearSVMHead
+
+    y = np.repeat(np.arange(40), 100)
+    X = np.random.default_rng(0).normal(size=(len(y), 4)).astype(np.float32)
+    split = list(np.where(np.arange(len(y)) % 5 == 0, "val", "train"))
+    many = write_cache(tmp_path / "many.h5", X, y, split, class_names=[f"breed_{k:02d}" for k in range(40)])
+    logs: list[str] = []
+
+    def fit(self, *args, **kwargs):
+        logs.append("linear-svm fit starts")
+        raise _Stop
+
+    monkeypatch.setattr(LinearSVMHead, "fit", fit)
+    with pytest.raises(_Stop):
+        compare.compare_heads(many, ["logreg", "linear-svm"], tmp_path / "cmp", log=logs.append)
+    said = [m for m in logs if "one-vs-rest SVMs" in m]
+    assert len(said) == 1 and said[0].startswith("NOTE: linear-svm fits 160"), said
+    assert logs.index(said[0]) < next(i for i, m in enumerate(logs) if m.startswith("training logreg"))
+    assert logs[-1] == "linear-svm fit starts"
+
+
 def test_what_one_val_image_is_worth_keeps_its_digits_on_a_large_val_split():
     """2,054 val images (Kaggle Dog Breed at VAL=0.2): one image is 0.049 points, not '0.0 points'."""
     from heads.train import scored_on
