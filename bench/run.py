@@ -3,6 +3,7 @@
 Everything in one run, side by side, on the machine at hand (random weights: same compute as ImageNet ones):
 
 (a) compute-bound: the backbone on pre-decoded tensors, best of a few batch sizes;
+    also timed in a fresh process at the start of every round; each round's b/a is against that round's (a);
 (b) headswap extract end to end (HDF5 included), the marginal rate between N and 4N images;
 (a) and (b) again with two processes (``WORKERS=2``), each with half the cores;
 (c) classic: ``ImageDataGenerator.flow_from_directory`` + ``model.predict`` (tf_keras), same images, marginal;
