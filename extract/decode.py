@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import threading
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,6 +45,28 @@ def _pixel_check(size: tuple[int, int]) -> None:
 if _pillow_pixel_check is not None:  # a Pillow without it keeps its own limit (tests/test_decode.py notices)
     _pixel_check.pillow_check = _pillow_pixel_check  # type: ignore[attr-defined]
     Image._decompression_bomb_check = _pixel_check
+
+
+# Pillow warns about some files it still decodes ("Corrupt EXIF data" when it reads the EXIF block) without naming
+# them. warnings.catch_warnings around one file's decode would swap the warnings state of the whole process (not
+# thread-safe before Python 3.14), under tf.data's several decode threads. So warnings.warn is wrapped once: on a
+# thread inside load_rgb it collects the warning, which load_rgb issues again naming the file; anywhere else it is
+# warnings.warn, unchanged.
+_python_warn = getattr(warnings.warn, "python_warn", warnings.warn)  # this module reloaded
+
+
+def _warn(message, category=None, stacklevel=1, source=None, **kwargs):
+    collected = getattr(_decoding, "warnings", None)
+    if collected is None:
+        return _python_warn(message, category, stacklevel + 1, source, **kwargs)
+    if isinstance(message, Warning):
+        category = type(message)
+    collected.append((str(message).strip(), category or UserWarning))
+    return None
+
+
+_warn.python_warn = _python_warn  # type: ignore[attr-defined]
+warnings.warn = _warn
 
 
 class DecodeError(Exception):
@@ -101,12 +124,18 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
 
     With ``draft_size``, a JPEG at least twice that size on both sides is decoded with DCT scaling
     (1/2, 1/4 or 1/8, never below ``draft_size``): it halves decode time for small inputs.
+    A warning Pillow gives while decoding (e.g. "Corrupt EXIF data") is issued again with `` (in <path>)``
+    appended to its message.
     """
-    outer, _decoding.max_pixels = getattr(_decoding, "max_pixels", None), max_pixels
+    outer = getattr(_decoding, "max_pixels", None), getattr(_decoding, "warnings", None)
+    _decoding.max_pixels, _decoding.warnings = max_pixels, []
     try:
         return _load_rgb(path, max_pixels, draft_size)
     finally:
-        _decoding.max_pixels = outer
+        said = _decoding.warnings
+        _decoding.max_pixels, _decoding.warnings = outer
+        for message, category in said:
+            warnings.warn(f"{message} (in {path})", category, stacklevel=2)
 
 
 def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image:

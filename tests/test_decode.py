@@ -285,3 +285,64 @@ def test_large_jpegs_are_dct_scaled_like_pillow_draft(tmp_path):
     full = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((100, 100), Image.BILINEAR))
     assert np.abs(ours.astype(int) - full).mean() < 3  # same picture
     assert load_array(str(tmp_path / "big.jpg"), 299).shape == (299, 299, 3)  # 500x375 cannot halve below 299
+
+
+CORRUPT_EXIF = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05"  # a TIFF header promising 5 entries, holding none
+
+
+def test_a_corrupt_exif_warning_names_the_file_and_the_image_is_still_decoded(tmp_path, picture):
+    """Pillow's "Corrupt EXIF data" warning named no file: in a run of thousands, which one?"""
+    bad, clean = tmp_path / "bad_exif.jpg", tmp_path / "clean.jpg"
+    picture.save(bad, "JPEG", exif=CORRUPT_EXIF)
+    picture.save(clean, "JPEG")
+    with pytest.warns(UserWarning, match="Corrupt EXIF data") as pillow:  # Pillow's own, without a path
+        Image.open(bad).getexif()
+    assert str(bad) not in str(pillow[0].message)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arr = load_array(str(bad), 32)
+        np.testing.assert_array_equal(arr, load_array(str(clean), 32))  # the same pixels: only the EXIF differs
+    assert [(w.category, str(w.message).split(".")[0]) for w in caught] == [(UserWarning, "Corrupt EXIF data")]
+    assert str(caught[0].message).endswith(f" (in {bad})")
+
+
+def test_a_corrupt_exif_warning_during_extraction_names_the_file_it_came_from(tmp_path, picture):
+    data = write_class_folders(tmp_path / "d", per_class=2)
+    picture.save(data / "circle" / "bad_exif.jpg", "JPEG", exif=CORRUPT_EXIF)
+    with warnings.catch_warnings(record=True) as caught:  # tf.data's decode threads warn too: filters are global
+        warnings.simplefilter("always")
+        result = extract_features(data, out=tmp_path / "c.h5", size=SIZE, weights="none", progress=False,
+                                  log=lambda m: None)
+    exif = [str(w.message) for w in caught if "EXIF" in str(w.message)]
+    assert exif and all(m.endswith(f" (in {data / 'circle' / 'bad_exif.jpg'})") for m in exif), exif
+    with FeatureCache(result.path) as c:
+        assert "circle/bad_exif.jpg" in set(c.column("path")) and not c.skipped()
+
+
+def test_warnings_are_collected_only_on_the_thread_decoding(tmp_path, picture, monkeypatch):
+    """While a decode thread is inside load_rgb, a warning from another thread is neither held back nor given that
+    thread's file (warnings.catch_warnings, process-wide, would do both)."""
+    picture.save(tmp_path / "bad_exif.jpg", "JPEG", exif=CORRUPT_EXIF)
+    inside, release = threading.Event(), threading.Event()
+    real_open = decode._open_checked
+
+    def open_and_wait(path):
+        image = real_open(path)
+        inside.set()
+        release.wait(10)
+        return image
+
+    monkeypatch.setattr(decode, "_open_checked", open_and_wait)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = threading.Thread(target=load_rgb, args=(str(tmp_path / "bad_exif.jpg"),))
+        a.start()
+        assert inside.wait(10)
+        try:
+            warnings.warn("from elsewhere", UserWarning)
+            assert [str(w.message) for w in caught] == ["from elsewhere"]  # shown at once, as it is
+        finally:
+            release.set()
+            a.join()
+    assert [str(w.message).split(".")[0] for w in caught] == ["from elsewhere", "Corrupt EXIF data"]
+    assert str(caught[1].message).endswith(f" (in {tmp_path / 'bad_exif.jpg'})")
