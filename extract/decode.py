@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import sys
 import threading
 import warnings
 
@@ -50,7 +51,8 @@ if _pillow_pixel_check is not None:  # a Pillow without it keeps its own limit (
 # Pillow warns about some files it still decodes ("Corrupt EXIF data" when it reads the EXIF block) without naming
 # them. warnings.catch_warnings around one file's decode would swap the warnings state of the whole process (not
 # thread-safe before Python 3.14), under tf.data's several decode threads. So warnings.warn is wrapped once: on a
-# thread inside load_rgb it collects the warning, which load_rgb issues again naming the file; anywhere else it is
+# thread inside load_rgb it collects the warning, which load_rgb issues again as the file's own (one line,
+# ``<path>:0: UserWarning: Corrupt EXIF data. ...``, without a line of our code under it); anywhere else it is
 # warnings.warn, unchanged.
 _python_warn = getattr(warnings.warn, "python_warn", warnings.warn)  # this module reloaded
 
@@ -61,7 +63,11 @@ def _warn(message, category=None, stacklevel=1, source=None, **kwargs):
         return _python_warn(message, category, stacklevel + 1, source, **kwargs)
     if isinstance(message, Warning):
         category = type(message)
-    collected.append((str(message).strip(), category or UserWarning))
+    try:  # the module the warning is Pillow's (a -W filter on PIL's module still matches)
+        module = sys._getframe(stacklevel).f_globals.get("__name__", "")
+    except ValueError:
+        module = ""
+    collected.append((str(message).strip(), category or UserWarning, module))
     return None
 
 
@@ -124,8 +130,8 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
 
     With ``draft_size``, a JPEG at least twice that size on both sides is decoded with DCT scaling
     (1/2, 1/4 or 1/8, never below ``draft_size``): it halves decode time for small inputs.
-    A warning Pillow gives while decoding (e.g. "Corrupt EXIF data") is issued again with `` (in <path>)``
-    appended to its message.
+    A warning Pillow gives while decoding (e.g. "Corrupt EXIF data") is issued again as ``path``'s: its
+    ``filename`` is ``path`` (Python shows ``<path>:0: UserWarning: Corrupt EXIF data. ...``).
     """
     outer = getattr(_decoding, "max_pixels", None), getattr(_decoding, "warnings", None)
     _decoding.max_pixels, _decoding.warnings = max_pixels, []
@@ -134,8 +140,8 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | 
     finally:
         said = _decoding.warnings
         _decoding.max_pixels, _decoding.warnings = outer
-        for message, category in said:
-            warnings.warn(f"{message} (in {path})", category, stacklevel=2)
+        for message, category, module in said:
+            warnings.warn_explicit(message, category, str(path), 0, module=module or None)
 
 
 def _load_rgb(path: str, max_pixels: int, draft_size: int | None) -> Image.Image:
