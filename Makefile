@@ -104,7 +104,7 @@ export: $(STAMP) ## one servable model (image in, probabilities out): RUN=<run d
 	$(PY) -m heads export --run "$(RUN)" $(call opt,OUT,--out) $(call opt,FORMATS,--formats)
 
 DEMO_DIR := demo_data/charts
-demo: $(STAMP) ## offline demo: generate 5 chart classes, extract at 96 px, train and compare logreg and dense
+demo: $(STAMP) ## demo (offline too: random weights when ImageNet ones cannot be had): generate 5 chart classes, extract at 96 px, train and compare logreg and dense
 	$(PY) -m extract.demo_data $(DEMO_DIR) --per-class 60
 	$(PY) -m extract --data $(DEMO_DIR) --size 96 --weights $(if $(filter imagenet,$(WEIGHTS)),auto,$(WEIGHTS)) \
 	  --out features_cache/demo-charts.h5 --overwrite --no-progress
