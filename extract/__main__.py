@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None,
                    help="input side in px (default: the backbone's, 299 for xception)")
     p.add_argument("--pooling", default="avg", choices=["avg", "max", "none"])
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | auto (imagenet if available, else none) | path to .h5")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet | none | auto (imagenet if available, else none) | path to .h5")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--precision", default="float32")
     p.add_argument("--val", type=float, default=0.2)
