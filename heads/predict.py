@@ -77,6 +77,16 @@ def _write_csv(frame: pd.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _known_runs_hint(root: Path = Path("runs"), shown: int = 10) -> str:
+    """The run folders under ``root`` (newest first, at most ``shown``), for a RUN= that is not one."""
+    runs = sorted((f.parent for f in root.rglob("run.json")), key=lambda d: (d / "run.json").stat().st_mtime,
+                  reverse=True) if root.is_dir() else []
+    if not runs:
+        return "train one with `make train-head`; runs are under runs/<cache>/<head>/"
+    more = f" (and {len(runs) - shown} older)" if len(runs) > shown else ""
+    return f"the runs under {root}/, newest first: {', '.join(str(d) for d in runs[:shown])}{more}"
+
+
 def read_run_info(run: Path) -> dict:
     """``run/run.json``; a folder that is not a run gets a FileNotFoundError saying what to pass instead."""
     info_file = run / "run.json"
@@ -85,7 +95,7 @@ def read_run_info(run: Path) -> dict:
         hint = (f"it holds the runs {', '.join(inside)}, e.g. RUN={run / inside[0]}" if inside
                 else f"it is the head/ folder of the run {run.parent}: pass RUN={run.parent}"
                 if (run / HEAD_FILE).is_file() and (run.parent / info_file.name).is_file()
-                else "train one with `make train-head`; runs are under runs/<cache>/<head>/")
+                else _known_runs_hint())
         raise FileNotFoundError(f"RUN={run} is not a run folder (no {info_file.name}); {hint}")
     return json.loads(info_file.read_text())
 

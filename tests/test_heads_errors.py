@@ -59,7 +59,8 @@ def test_predict_refuses_an_empty_image_folder(logreg_run, tmp_path):
                            f"IMAGES={empty} has no images")
 
 
-def test_predict_says_a_folder_is_not_a_run(logreg_run, tmp_path):
+def test_predict_says_a_folder_is_not_a_run(logreg_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the hint says how to make one
     missing = tmp_path / "nonexist"
     with pytest.raises(FileNotFoundError, match=r"RUN=.*nonexist is not a run folder \(no run.json\).*make train-head"):
         predict(missing, tmp_path, **QUIET)
@@ -75,6 +76,11 @@ def test_predict_says_a_folder_is_not_a_run(logreg_run, tmp_path):
     line = _assert_one_error_line(_cli("predict", "--run", str(missing), "--images", str(tmp_path)),
                                   f"RUN={missing} is not a run folder", "runs/<cache>/<head>/")
     assert "Errno" not in line
+    # A typo where runs/ exists: the hint lists the runs in it, to copy one
+    monkeypatch.chdir(logreg_run.parents[2])
+    with pytest.raises(FileNotFoundError, match=r"RUN=runs/typo/logreg is not a run folder \(no run.json\); "
+                                                r"the runs under runs/, newest first: runs/sep/logreg$"):
+        predict(Path("runs/typo/logreg"), tmp_path, **QUIET)
 
 
 def test_features_that_is_a_directory_lists_its_caches(tmp_path):
