@@ -502,6 +502,16 @@ def replaceable(path: str | os.PathLike) -> bool:
         return True
 
 
+def _caches_hint(missing: Path, shown: int = 10) -> str:
+    """For a cache path that does not exist: the caches beside it (or in features_cache/), newest first, to copy."""
+    for folder in dict.fromkeys([missing.parent, Path(DEFAULT_DIR)]):
+        caches = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+        if caches:
+            more = f" (and {len(caches) - shown} older)" if len(caches) > shown else ""
+            return f"The caches in {folder}/, newest first: {', '.join(str(p) for p in caches[:shown])}{more}."
+    return "Run `make extract DATA=...` first."
+
+
 class FeatureCache:
     """Read-only view of a cache file. Use as a context manager.
 
@@ -517,7 +527,7 @@ class FeatureCache:
                     f"{self.path} is incomplete: its extraction was interrupted (or is still running). "
                     f"Rerun the same `make extract` command to resume and finish it."
                 )
-            raise CacheError(f"{role}={self.path} does not exist. Run `make extract DATA=...` first.")
+            raise CacheError(f"{role}={self.path} does not exist. {_caches_hint(self.path)}")
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,24 @@ def test_features_that_is_a_directory_lists_its_caches(tmp_path):
         train_head("logreg", folder, tmp_path / "run", **QUIET)
     _assert_one_error_line(_cli("train", "--features", str(folder), "--run", str(tmp_path / "run")),
                            "is a directory", "a.h5, b.h5")
+
+
+def test_a_features_typo_lists_the_caches_beside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no features_cache/ here
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    with pytest.raises(CacheError, match=r"FEATURES=.*dgos.h5 does not exist. Run `make extract DATA=...` first.$"):
+        train_head("logreg", folder / "dgos.h5", tmp_path / "run", **QUIET)
+    for age, name in enumerate(("dogs.h5", "cats.h5")):
+        write_cache(folder / name, *blobs(n_per_class=5))
+        os.utime(folder / name, (1e9 - age, 1e9 - age))  # dogs.h5 is the newer
+    message = f"FEATURES={folder / 'dgos.h5'} does not exist. The caches in {folder}/, newest first: " \
+              f"{folder / 'dogs.h5'}, {folder / 'cats.h5'}."
+    with pytest.raises(CacheError) as err:
+        train_head("logreg", folder / "dgos.h5", tmp_path / "run", **QUIET)
+    assert str(err.value) == message
+    _assert_one_error_line(_cli("train", "--features", str(folder / "dgos.h5"), "--run", str(tmp_path / "run")),
+                           message)
 
 
 def test_heads_name_the_class_that_is_too_rare(rare_cache, tmp_path):
