@@ -456,7 +456,11 @@ def _csv_items(
     root: Path, labels_csv: Path, id_col: str | None, label_col: str | None
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str], tuple[str, str]]:
     if not labels_csv.is_file():
-        raise DataError(f"LABELS={labels_csv} does not exist.")
+        near = sorted({*root.glob("*.csv"), *root.parent.glob("*.csv")})[:5]
+        hint = f"; CSV files near DATA: {', '.join(map(str, near))}" if near else ""
+        state = "is a folder" if labels_csv.is_dir() else "does not exist"
+        raise DataError(f"LABELS={labels_csv} {state}. Pass LABELS= the CSV that gives each image's class "
+                        f"(an id column and a label column, as Kaggle's labels.csv has id,breed){hint}.")
     text, encoding_note = _labels_text(labels_csv)
     notes = [encoding_note] if encoding_note else []
     sep = _header_separator(text)

@@ -118,6 +118,17 @@ def test_ids_found_nowhere_keep_the_plain_advice(tmp_path):
         discover(images, labels=csv)
 
 
+def test_a_labels_typo_says_what_labels_is_and_names_the_csv_files_near_data(tmp_path):
+    images, csv = write_kaggle(tmp_path / "k", per_class=1)
+    with pytest.raises(DataError, match=rf"^LABELS={tmp_path / 'k' / 'lables.csv'} does not exist\. Pass LABELS= "
+                                        rf"the CSV that gives each image's class \(an id column and a label column, "
+                                        rf"as Kaggle's labels.csv has id,breed\); CSV files near DATA: {csv}\.$"):
+        discover(images, labels=tmp_path / "k" / "lables.csv")
+    csv.unlink()
+    with pytest.raises(DataError, match=rf"^LABELS={images} is a folder\. Pass LABELS= .*id,breed\)\.$"):
+        discover(images, labels=images)
+
+
 # 4. class folders one level too deep
 
 
