@@ -511,10 +511,9 @@ def _csv_items(
         raise empty_cells
     dup = ids[ids.duplicated()].unique()
     if len(dup):
-        raise DataError(
-            f"{len(dup)} ids appear more than once in {labels_csv.name}, e.g. {', '.join(dup[:3])}. "
-            f"Keep one row per image."
-        )
+        repeated = "1 id appears" if len(dup) == 1 else f"{len(dup)} ids appear"
+        raise DataError(f"{repeated} more than once in {labels_csv.name}, e.g. {', '.join(dup[:3])}. "
+                        f"Keep one row per image.")
     tree = _walk(root)
     files = tree.files
     index_of_files = _FileIndex(files)
@@ -595,7 +594,8 @@ def _csv_items(
     extra = [f for f in files if f not in used]
     skipped = [Skip(f, f"not in labels: {labels_csv.name} has no row for it") for f in extra] + tree.skips()
     if extra:
-        notes.append(f"{len(extra)} files in DATA are not in {labels_csv.name} (listed as skipped), e.g. {extra[0]}")
+        notes.append(f"{'1 file in DATA is' if len(extra) == 1 else f'{len(extra)} files in DATA are'} not in "
+                     f"{labels_csv.name} (listed as skipped){'' if len(extra) == 1 else ', e.g.'}: {extra[0]}")
     return rows, skipped, classes, notes, (id_col, label_col)
 
 

@@ -14,6 +14,10 @@ from .cli_util import MakeVariableParser, run_cli
 SHOWN_SKIPS = 50  # skipped files printed by default; --all prints every one
 
 
+def _rows_have(count: int) -> str:
+    return "1 row has" if count == 1 else f"{count:,} rows have"
+
+
 def verify_cache(features: str | Path, data: str | Path | None = None, labels: str | Path | None = None,
                  test: str | Path | None = None, block_rows: int = 4096, *, id_col: str | None = None,
                  label_col: str | None = None) -> dict[str, Any]:
@@ -61,9 +65,9 @@ def verify_cache(features: str | Path, data: str | Path | None = None, labels: s
         if not c.complete:
             problems.append("incomplete: rerun the same `make extract` command to resume")
         if bad_rows:
-            problems.append(f"{len(bad_rows)} rows have NaN or inf features, e.g. {paths[bad_rows[0]]}")
+            problems.append(f"{_rows_have(len(bad_rows))} NaN or inf features, e.g. {paths[bad_rows[0]]}")
         if zero_rows:  # no head can tell such rows apart: float16 underflow of tiny features, or broken weights
-            problems.append(f"{len(zero_rows)} rows have all-zero features, e.g. {paths[zero_rows[0]]}"
+            problems.append(f"{_rows_have(len(zero_rows))} all-zero features, e.g. {paths[zero_rows[0]]}"
                             + (": DTYPE=float16 may have rounded tiny features to 0 (DTYPE=float32 keeps them)"
                                if config["dtype"] == "float16" else "") + "; check WEIGHTS=")
         data = Path(data).expanduser() if data else root

@@ -241,8 +241,8 @@ def predict(
                 f"{'are' if len(left) > 1 else 'is'} not an image (content and name): " + "; ".join(
                     f"{paths[i].name} ({errors[i]})" for i in left[:10]) + ("; ..." if len(left) > 10 else ""))
         if not keep.any():
-            raise ValueError(f"{source} has no images (none of its {n} files decodes as one); point IMAGES= "
-                             f"at the folder of test images")
+            none = "its one file does not decode" if n == 1 else f"none of its {n} files decodes"
+            raise ValueError(f"{source} has no images ({none} as one); point IMAGES= at the folder of test images")
         _refuse_duplicate_ids([p for p, k in zip(paths, keep) if k], images)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,15 @@ def feature_paths(features: str | os.PathLike | Sequence[str | os.PathLike] | No
     return paths
 
 
+def _n(count: int, noun: str) -> str:
+    """``3 rows``, ``1 row``: a count and its noun, in messages that can count one."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _are(count: int) -> str:
+    return "is" if count == 1 else "are"
+
+
 def _example(paths: np.ndarray, rounds: np.ndarray, rows: np.ndarray) -> str:
     i = rows[0]
     return f"{paths[i]}" + (f" (round {rounds[i]})" if rounds[i] else "")
@@ -207,10 +216,11 @@ class FeatureSource:
         if len(only_a) or len(only_b):
             examples = []
             if len(only_a):
-                examples.append(f"{len(only_a)} rows of {a} are not in {b}, e.g. "
+                examples.append(f"{_n(len(only_a), 'row')} of {a} {_are(len(only_a))} not in {b}, e.g. "
                                 f"{_example(self.path_column, self.round, only_a)}")
             if len(only_b):
-                examples.append(f"{len(only_b)} rows of {b} are not in {a}, e.g. {_example(o_path, o_round, only_b)}")
+                examples.append(f"{_n(len(only_b), 'row')} of {b} {_are(len(only_b))} not in {a}, e.g. "
+                                f"{_example(o_path, o_round, only_b)}")
             raise CacheError(f"{what}: different image sets: {'; '.join(examples)}. "
                              f"Extract both from the same DATA (and the same augmentation rounds).")
         o_label, o_split = other.column("label"), other.column("split")
@@ -218,12 +228,14 @@ class FeatureSource:
         if len(bad):
             i = bad[0]
             name = lambda k: self.class_names[k] if k >= 0 else "unlabelled"  # noqa: E731
-            raise CacheError(f"{what}: {len(bad)} images have different labels, e.g. {self.path_column[i]}: "
+            differ = "1 image has a different label" if len(bad) == 1 else f"{len(bad):,} images have different labels"
+            raise CacheError(f"{what}: {differ}, e.g. {self.path_column[i]}: "
                              f"{name(self.labels[i])!r} in {a}, {name(o_label[rows[i]])!r} in {b}")
         bad = np.flatnonzero(o_split[rows] != self.split)
         if len(bad):
             i = bad[0]
-            raise CacheError(f"{what}: {len(bad)} images are in different splits, e.g. {self.path_column[i]}: "
+            differ = "1 image is in another split" if len(bad) == 1 else f"{len(bad):,} images are in different splits"
+            raise CacheError(f"{what}: {differ}, e.g. {self.path_column[i]}: "
                              f"{self.split[i]} in {a}, {o_split[rows[i]]} in {b}. Extract both with the same VAL= "
                              f"and SEED=, and the same TEST= folder.")
         self._check_versions(other, rows, what)
@@ -251,12 +263,13 @@ class FeatureSource:
         else:
             said = f"size:mtime {mine[bad[0]]} in {a}, {theirs[bad[0]]} in {b}"
         n_images = len(set(self.path_column[bad]))
-        counted = f"{len(bad)} rows" + (f" ({n_images} images)" if n_images != len(bad) else "")
+        counted = _n(len(bad), 'row') + (f" ({_n(n_images, 'image')})" if n_images != len(bad) else "")
         folders = sorted({str(c.data_root) for c in caches})
         elsewhere = (f" They were extracted from different folders ({' and '.join(folders)}): join caches of "
                      f"one folder.") if len(folders) > 1 else ""
         raise CacheError(
-            f"{what}: {counted} hold features of different versions of their image file (size or modification "
+            f"{what}: {counted} {'holds' if len(bad) == 1 else 'hold'} features of different versions of "
+            f"{'its' if len(bad) == 1 else 'their'} image file (size or modification "
             f"time differ), e.g. {_example(self.path_column, self.round, bad)}: {said}. "
             f"Re-extract {' and '.join((a, b)[k] for k in stale)} with the settings "
             f"{'it was' if len(stale) == 1 else 'they were'} made with (and the same LABELS=/TEST=, if any); "

@@ -129,6 +129,14 @@ def test_a_labels_typo_says_what_labels_is_and_names_the_csv_files_near_data(tmp
         discover(images, labels=images)
 
 
+def test_a_repeated_id_is_counted_in_the_singular(tmp_path):
+    images, csv, lines = _kaggle_rows(tmp_path)
+    csv.write_text("\n".join(lines + [lines[1]]) + "\n")
+    with pytest.raises(DataError, match=rf"^1 id appears more than once in labels.csv, e.g. {lines[1].split(',')[0]}\. "
+                                        rf"Keep one row per image\.$"):
+        discover(images, labels=csv)
+
+
 # 4. class folders one level too deep
 
 
@@ -359,6 +367,7 @@ def test_an_id_without_extension_naming_two_files_is_refused_naming_both(tmp_pat
     found = discover(images, labels=csv)
     assert [it.relpath for it in found.items if it.relpath.startswith(second)] == [f"{second}.jpg"]
     assert [(s.relpath, s.reason.split(":")[0]) for s in found.skipped] == [(f"{second}.json", "not in labels")]
+    assert f"1 file in DATA is not in labels.csv (listed as skipped): {second}.json" in found.notes
 
 
 def test_ids_spelled_otherwise_than_their_file_are_matched_with_a_note_when_that_is_one_file(tmp_path):

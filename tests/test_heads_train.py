@@ -142,9 +142,9 @@ def test_two_caches_are_joined_by_path_and_round(tmp_path):
 
 
 @pytest.mark.parametrize("change,words", [
-    ("drop", ["different image sets", "1 rows of a.h5 are not in b.h5, e.g. c/0059.png"]),
-    ("label", ["1 images have different labels", "a/0000.png: 'a' in a.h5, 'b' in b.h5"]),
-    ("split", ["1 images are in different splits", "a/0000.png: val in a.h5, train in b.h5", "VAL="]),
+    ("drop", ["different image sets", "1 row of a.h5 is not in b.h5, e.g. c/0059.png"]),
+    ("label", ["1 image has a different label", "a/0000.png: 'a' in a.h5, 'b' in b.h5"]),
+    ("split", ["1 image is in another split", "a/0000.png: val in a.h5, train in b.h5", "VAL="]),
     ("classes", ["class names differ (3 in a.h5, 3 in b.h5; only in a.h5: c; only in b.h5: d)"]),
 ])
 def test_joined_caches_of_different_images_are_refused(tmp_path, change, words):

@@ -278,4 +278,4 @@ def test_verify_reports_nan_and_stale_data(tmp_path):
         f["features"][4] = 0
     report = verify_cache(out)
     assert report["n_all_zero_rows"] == 1
-    assert any(p.startswith("1 rows have all-zero features") for p in report["problems"])
+    assert any(p.startswith("1 row has all-zero features") for p in report["problems"])

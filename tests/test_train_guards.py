@@ -50,7 +50,7 @@ def test_joined_caches_of_two_versions_of_an_image_are_refused(tmp_path):
     with pytest.raises(CacheError) as err:
         train_head("logreg", [b, a], tmp_path / "run", **QUIET)
     said = str(err.value)
-    for words in ("b.h5 and a.h5 are not caches of the same images", "1 rows hold features of different versions",
+    for words in ("b.h5 and a.h5 are not caches of the same images", "1 row holds features of different versions of its image file",
                   "e.g. a/0003.png", "b.h5 has the newer version of the file, a.h5 an older one", "Re-extract a.h5 ",
                   "updates only the changed images", f"POOLING=avg WEIGHTS=none DTYPE=float32 PRECISION=float32 "
                   f"VAL=0.2 SEED=0 OUT={tmp_path / 'a.h5'}`", "`make extract DATA=/data/shapes BACKBONE=synthetic"):
@@ -80,7 +80,7 @@ def test_an_image_changed_and_re_extracted_into_one_cache_only(tmp_path):
     extract_features(data, out=mn, backbone="mobilenetv2", **{**kwargs, "log": logs.append})
     assert any("1 modified" in line for line in logs), logs
 
-    with pytest.raises(CacheError, match=r"1 rows hold features of different versions.*circle/circle_01\.png.*"
+    with pytest.raises(CacheError, match=r"1 row holds features of different versions.*circle/circle_01\.png.*"
                                          r"Re-extract xception\.h5 .*BACKBONE=xception SIZE=71"):
         train_head("logreg", [mn, xc], tmp_path / "run", **QUIET)
     extract_features(data, out=xc, **kwargs)  # the fix the message gives
