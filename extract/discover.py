@@ -452,11 +452,35 @@ def _missing_hint(missing: list[str], index: _FileIndex, root: Path, name: str) 
     return None
 
 
+def _csvs_near(data: Path) -> list[Path]:
+    """CSV files in ``data`` and the folder above it (Kaggle's labels.csv sits beside train/), at most 5."""
+    return sorted({*data.glob("*.csv"), *data.parent.glob("*.csv")})[:5]
+
+
+def _flat_files(folder: Path) -> int:
+    """How many files ``folder`` holds directly when it has no subfolder: Kaggle's flat image folder; else 0."""
+    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    return 0 if any(e.is_dir() for e in entries) else len(entries)
+
+
+def _flat_folder_error(data: Path, folder: Path, n_files: int) -> DataError:
+    """``folder`` (DATA, or a split folder in it) holds its images directly, as Kaggle's train/ does: their
+    classes must come from a CSV. Names the CSV files near it."""
+    csvs = _csvs_near(folder)
+    where = f"DATA={data}" if folder == data else f"{folder} (in DATA={data})"
+    return DataError(
+        f"{where} has {n_files:,} file{'s' if n_files > 1 else ''} directly in it and no class subfolders: pass "
+        f"DATA={folder} LABELS={csvs[0] if csvs else '<csv>'} to read each image's class from a CSV (an id column "
+        f"and a label column, as Kaggle's labels.csv has id,breed), or put each class's images in its own "
+        f"subfolder {folder}/<class>/."
+    )
+
+
 def _csv_items(
     root: Path, labels_csv: Path, id_col: str | None, label_col: str | None
 ) -> tuple[list[tuple[str, str, int]], list[Skip], list[str], list[str], tuple[str, str]]:
     if not labels_csv.is_file():
-        near = sorted({*root.glob("*.csv"), *root.parent.glob("*.csv")})[:5]
+        near = _csvs_near(root)
         hint = f"; CSV files near DATA: {', '.join(map(str, near))}" if near else ""
         state = "is a folder" if labels_csv.is_dir() else "does not exist"
         raise DataError(f"LABELS={labels_csv} {state}. Pass LABELS= the CSV that gives each image's class "
@@ -690,6 +714,10 @@ def discover(
         name = data.resolve().name
     else:
         split_named = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name.lower() in SPLIT_FOLDERS)
+        for split in split_named:
+            n_flat = _flat_files(data / split)
+            if n_flat:
+                raise _flat_folder_error(data, data / split, n_flat)
         if split_named:
             raise DataError(
                 f"DATA={data} has split folders ({', '.join(split_named)}/), not class folders. headswap reads "
@@ -704,6 +732,10 @@ def discover(
                   f"if those are the classes, pass DATA={data / c}" for c, subs in nested.items()]
         name = data.resolve().name
     if not rows:
+        prefix = "train/" if train_test else ""
+        flat = [sk for sk in skipped if sk.reason.startswith("not in a class folder") and sk.relpath.startswith(prefix)]
+        if labels is None and flat:
+            raise _flat_folder_error(data, data / prefix, len(flat))
         raise DataError(f"DATA={data} has no images. Use one subfolder per class, or pass LABELS=<csv>.")
     if len(classes) < 2:
         emptied = " (its other class folders are empty)" if labels is None and empty else ""

@@ -129,6 +129,25 @@ def test_a_labels_typo_says_what_labels_is_and_names_the_csv_files_near_data(tmp
         discover(images, labels=images)
 
 
+def test_a_kaggle_folder_without_labels_says_to_pass_labels_and_names_the_csv(tmp_path):
+    images, csv = write_kaggle(tmp_path / "k", per_class=2)
+    fix = (f"has 6 files directly in it and no class subfolders: pass DATA={images} LABELS={csv} to read each "
+           f"image's class from a CSV (an id column and a label column, as Kaggle's labels.csv has id,breed), or "
+           f"put each class's images in its own subfolder {images}/<class>/.")
+    with pytest.raises(DataError, match=rf"^DATA={images} {re.escape(fix)}$"):
+        discover(images)
+    # DATA= the Kaggle download itself (train/ beside labels.csv), with or without its test/ folder
+    with pytest.raises(DataError, match=rf"^{images} \(in DATA={images.parent}\) {re.escape(fix)}$"):
+        discover(images.parent)
+    (images.parent / "test").mkdir()
+    shutil.copy(next(images.glob("*.jpg")), images.parent / "test")
+    with pytest.raises(DataError, match=rf"^{images} \(in DATA={images.parent}\) {re.escape(fix)}$"):
+        discover(images.parent)
+    csv.unlink()
+    with pytest.raises(DataError, match=rf"^DATA={images} has 6 files .*: pass DATA={images} LABELS=<csv> to read"):
+        discover(images)
+
+
 def test_a_repeated_id_is_counted_in_the_singular(tmp_path):
     images, csv, lines = _kaggle_rows(tmp_path)
     csv.write_text("\n".join(lines + [lines[1]]) + "\n")
