@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -436,10 +436,9 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
             messages.append(f"MAX_PIXELS={max_pixels:,} is above the limit {len(too_big):,} images were skipped under: "
                             f"retrying them")
         if not same_data:
-            added, removed, modified = _row_changes(have, skipped_before, found)
-            messages.append(f"data changed since {source.name} was made: {added:,} added, {removed:,} removed, "
-                            f"{modified:,} modified" + ("" if added or removed or modified else
-                                                       " (labels or splits changed: the rows are relabelled)")
+            changes = _row_changes(have, skipped_before, found)
+            messages.append(f"data changed since {source.name} was made: {changes}"
+                            + ("" if changes else " (labels or splits changed: the rows are relabelled)")
                             + retry_note)
     parts = cache_mod.parts_dir(path)
     if parts.is_dir():
@@ -455,14 +454,38 @@ def plan_extraction(path: Path, config: dict[str, Any], found: Discovery, finger
     return Plan(todo, old, "\n".join(messages))
 
 
+class RowChanges(NamedTuple):
+    """Images added, removed (gone from DATA) and modified since a cache was made, and cached images that
+    discovery now skips (e.g. their labels.csv row was deleted): ``now_skipped`` gives one (path, reason)."""
+
+    added: int
+    removed: int
+    modified: int
+    now_skipped: int
+    example: tuple[str, str] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.modified or self.now_skipped)
+
+    def __str__(self) -> str:
+        said = f"{self.added:,} added, {self.removed:,} removed, {self.modified:,} modified"
+        if self.now_skipped:
+            path, reason = self.example
+            said += f", {self.now_skipped:,} cached before and now skipped (e.g. {path}: {reason})"
+        return said
+
+
 def _row_changes(have: dict[tuple[str, int], str], skipped_before: list[tuple[str, str]],
-                 found: Discovery) -> tuple[int, int, int]:
-    """Images (added, removed, modified) between a cache's rows and skips and what discovery found now."""
+                 found: Discovery) -> RowChanges:
+    """What changed between a cache's rows and skips and what discovery found now."""
     current = {it.relpath: it.stamp for it in found.items}
     given = set(current) | {s.relpath for s in found.skipped}
-    old_paths = {p for p, _ in have} | {p for p, _ in skipped_before}
+    cached = {p for p, _ in have}
+    old_paths = cached | {p for p, _ in skipped_before}
     modified = sum(p in old_paths and (p, 0) in have and have[(p, 0)] != st for p, st in current.items())
-    return len(given - old_paths), len(old_paths - given), modified
+    now_skipped = [(s.relpath, s.reason) for s in found.skipped if s.relpath in cached]
+    return RowChanges(len(given - old_paths), len(old_paths - given), modified, len(now_skipped),
+                      now_skipped[0] if now_skipped else None)
 
 
 def _describe_inputs(inputs: cache_mod.Inputs) -> str:
@@ -477,7 +500,7 @@ def _input_values(inputs: cache_mod.Inputs) -> tuple[Any, ...]:
 INPUT_VARS = ("LABELS", "TEST", "ID_COL", "LABEL_COL")
 
 
-def _changed_inputs(c: cache_mod.FeatureCache, inputs: cache_mod.Inputs, changes: tuple[int, int, int]) -> str | None:
+def _changed_inputs(c: cache_mod.FeatureCache, inputs: cache_mod.Inputs, changes: RowChanges) -> str | None:
     """Why a cache made with other LABELS/TEST/ID_COL/LABEL_COL than ``inputs`` must not be updated, or None.
 
     Called when the rows would change: a forgotten TEST= would drop the test rows and a forgotten or other
@@ -485,8 +508,7 @@ def _changed_inputs(c: cache_mod.FeatureCache, inputs: cache_mod.Inputs, changes
     Adding a TEST= folder to a cache made without one only adds rows. A file written before the inputs were
     recorded tells only by its unlabelled test rows that it had a TEST= folder.
     """
-    added, removed, modified = changes
-    counts = f"{added:,} added, {removed:,} removed, {modified:,} modified"
+    counts = str(changes)
     fix = ("; or, to make a cache of this run's inputs instead, choose another OUT= (keeps both) or pass "
            "OVERWRITE=1 (replaces it and extracts every image again).")
     recorded = c.inputs

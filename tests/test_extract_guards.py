@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SIZE, draw, write_class_folders
+from conftest import SIZE, draw, write_class_folders, write_kaggle
 
 from extract import CacheError, DataError, FeatureCache, extract_features
 from extract.pipeline import replica_strategy
@@ -90,6 +90,22 @@ def test_change_counts_say_what_changed_skipped_files_included(tmp_path):
     logs: list[str] = []
     extract_features(data, out=cache, **quiet(logs))
     assert any("2 added, 2 removed, 1 modified" in line for line in logs), logs
+
+
+def test_a_cached_image_whose_labels_row_is_deleted_is_counted_as_now_skipped(tmp_path):
+    """It used to read "0 added, 0 removed, 0 modified (labels or splits changed: the rows are relabelled)" while a
+    row left the cache."""
+    images, csv = write_kaggle(tmp_path / "k", per_class=2)
+    extract_features(images, labels=csv, out=tmp_path / "c.h5", **quiet())
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[:-1]) + "\n")
+    gone = lines[-1].split(",")[0] + ".jpg"
+    logs: list[str] = []
+    extract_features(images, labels=csv, out=tmp_path / "c.h5", **quiet(logs))
+    assert ("data changed since c.h5 was made: 0 added, 0 removed, 0 modified, 1 cached before and now skipped "
+            f"(e.g. {gone}: not in labels: labels.csv has no row for it)") in logs
+    with FeatureCache(tmp_path / "c.h5") as c:
+        assert c.n_rows == 5 and gone not in c.column("path").tolist() and [p for p, _ in c.skipped()] == [gone]
 
 
 def test_augment_without_rounds_is_refused(tmp_path):
