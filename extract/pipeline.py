@@ -324,6 +324,9 @@ def embed(
                           f"The parts flushed so far are kept: the same command resumes.") from None
 
 
+SHOWN_SKIPS = 5  # skipped files named at the end of a run; the cache keeps every one
+
+
 def _summarise_skips(reasons: list[str]) -> str:
     counts = Counter(r.split(":", 1)[0] for r in reasons)
     return ", ".join(f"{n} {cat}" for cat, n in counts.most_common())
@@ -714,6 +717,10 @@ def extract_features(
     if all_skips:
         log(f"{len(all_skips):,} of {n_given:,} images skipped ({_summarise_skips(all_skips)}); "
             f"reasons are stored in the cache (`make verify` lists them)")
+        for rel, reason in sorted(skipped_files)[:SHOWN_SKIPS]:
+            log(f"  skipped {rel}: {reason}")
+        if len(skipped_files) > SHOWN_SKIPS:
+            log(f"  and {len(skipped_files) - SHOWN_SKIPS:,} more: `make verify FEATURES={path}` lists every one")
     else:
         log(f"0 of {n_given:,} images skipped")
     if zero_rows:  # no head can tell such rows apart (make verify flags them too)

@@ -143,6 +143,10 @@ def test_every_bad_file_is_skipped_with_its_reason_and_the_rest_is_cached(tmp_pa
     summary = next(m for m in logs if "skipped" in m)
     assert summary.startswith(f"{len(expected)} of {len(expected) + 12} images skipped (")
     assert "1 truncated" in summary and "2 not an image" in summary
+    # the first few are named under it, with their reasons; the rest are counted
+    named = logs[logs.index(summary) + 1:logs.index(summary) + 7]
+    assert named[:5] == [f"  skipped {p}: {r}" for p, r in sorted(skipped.items())[:5]]
+    assert named[5] == f"  and {len(expected) - 5} more: `make verify FEATURES={result.path}` lists every one"
 
 
 def test_a_permission_error_is_a_reason_not_a_crash(tmp_path, picture, monkeypatch):
