@@ -720,7 +720,7 @@ def extract_features(
         for rel, reason in sorted(skipped_files)[:SHOWN_SKIPS]:
             log(f"  skipped {rel}: {reason}")
         if len(skipped_files) > SHOWN_SKIPS:
-            log(f"  and {len(skipped_files) - SHOWN_SKIPS:,} more: `make verify FEATURES={path}` lists every one")
+            log(f"  and {len(skipped_files) - SHOWN_SKIPS:,} more: `make verify FEATURES={path} ALL=1` lists every one")
     else:
         log(f"0 of {n_given:,} images skipped")
     if zero_rows:  # no head can tell such rows apart (make verify flags them too)

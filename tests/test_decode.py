@@ -146,7 +146,7 @@ def test_every_bad_file_is_skipped_with_its_reason_and_the_rest_is_cached(tmp_pa
     # the first few are named under it, with their reasons; the rest are counted
     named = logs[logs.index(summary) + 1:logs.index(summary) + 7]
     assert named[:5] == [f"  skipped {p}: {r}" for p, r in sorted(skipped.items())[:5]]
-    assert named[5] == f"  and {len(expected) - 5} more: `make verify FEATURES={result.path}` lists every one"
+    assert named[5] == f"  and {len(expected) - 5} more: `make verify FEATURES={result.path} ALL=1` lists every one"
 
 
 def test_a_permission_error_is_a_reason_not_a_crash(tmp_path, picture, monkeypatch):
