@@ -22,6 +22,7 @@ from .train import (
     feature_paths,
     scored_on,
     train_head,
+    work_at_stake,
 )
 
 COLUMNS = ("head", "val_accuracy", "val_top5_accuracy", "val_log_loss", "test_accuracy", "train_accuracy",
@@ -113,6 +114,15 @@ def compare_heads(
             heads.remove(name)
     stem = "+".join(p.stem for p in paths)
     out_dir = Path(out_dir) if out_dir else Path("runs") / stem
+    # Each head trains into out_dir/<head>, the run folder `make train-head` uses too: never over a run made by
+    # hand (other arguments, an export), found before the first head trains.
+    at_stake = {out_dir / name: work_at_stake(out_dir / name, name, paths, train_rounds=train_rounds)
+                for name in heads}
+    held = [f"{run} holds {' and '.join(lost)}" for run, lost in at_stake.items() if lost]
+    if held:
+        raise ValueError(f"compare-heads trains each head into {out_dir}/<head> with its default arguments, which "
+                         f"would replace work it cannot make again: {'; '.join(held)}. Pass OUT=<another folder> "
+                         f"(--out, out_dir=) to compare there, or move those runs away; nothing was trained")
     metrics: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     skipped: dict[str, RareClassError] = {}

@@ -451,6 +451,49 @@ def accuracy_failures(metrics: list[dict[str, Any]], assert_accuracy: float) -> 
             for m in metrics if m["val_accuracy"] is None or m["val_accuracy"] < assert_accuracy]
 
 
+def has_export(run_dir: Path) -> bool:
+    """``run_dir/export`` is a real folder holding what `make export` writes (never followed through a symlink)."""
+    export = run_dir / EXPORT_DIR
+    return export.is_dir() and not export.is_symlink() and any((export / f).exists() for f in EXPORT_FILES)
+
+
+def head_arguments(head: str, head_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments :func:`train_head` creates ``head`` with: ``head_args``, and seed 0 unless given."""
+    args = dict(head_args or {})
+    if "seed" in head_params(head) and "seed" not in args:
+        args["seed"] = 0
+    return args
+
+
+def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path], head_args: dict[str, Any] | None = None,
+                  train_rounds: str = "all") -> list[str]:
+    """What training ``head`` (with ``head_args``, on ``paths``) into ``run_dir`` would destroy and not make again:
+    a run there of another head, cache, HEAD_ARGS or TRAIN_ROUNDS, and an export/. Empty when ``run_dir`` holds no
+    run, or one this training would reproduce (re-running a comparison replaces its own runs)."""
+    if not (run_dir / "run.json").is_file():
+        return []
+    export = [f"an {EXPORT_DIR}/ made by `make export`"] if has_export(run_dir) else []
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return ["a run whose run.json or metrics.json cannot be read", *export]
+    lost = []
+    files = info.get("feature_files") or [info.get("features")]
+    if files != [str(Path(p).resolve()) for p in paths]:
+        lost.append(f"a run on {', '.join(Path(str(f)).name for f in files)}")
+    if info.get("head") != head:
+        lost.append(f"a {info.get('head')} head")
+    else:
+        wanted = json.loads(json.dumps(create_head(head, **head_arguments(head, head_args)).get_params()))
+        differ = [f"{k}={v}" for k, v in (metrics.get("head_args") or {}).items() if wanted.get(k) != v]
+        if differ:
+            lost.append(f"a run trained with HEAD_ARGS='{' '.join(differ)}'")
+    if metrics.get("train_rounds", "all") != train_rounds:
+        lost.append(f"a run trained with TRAIN_ROUNDS={metrics.get('train_rounds')}")
+    return lost + export
+
+
 def replace_previous_run(run_dir: Path) -> list[str]:
     """Remove what an earlier train_head left in ``run_dir`` (and its ``export/``), so no file of the old head
     outlives the new one (e.g. training_curves.png of a dense head under a logreg run, or an export of the old
@@ -459,10 +502,7 @@ def replace_previous_run(run_dir: Path) -> list[str]:
     if not (run_dir / "run.json").is_file():
         return []
     removed = []
-    export = run_dir / EXPORT_DIR
-    # export/ only when it is a real folder holding what `make export` writes (never through a symlink)
-    is_export = export.is_dir() and not export.is_symlink() and any((export / f).exists() for f in EXPORT_FILES)
-    for name in RUN_OUTPUTS + ((EXPORT_DIR,) if is_export else ()):
+    for name in RUN_OUTPUTS + ((EXPORT_DIR,) if has_export(run_dir) else ()):
         path = run_dir / name
         if path.is_symlink() or path.is_file():
             path.unlink()
@@ -542,10 +582,7 @@ def train_head(
     if features is None or features == "":
         n = len(list(Path(cache_dir).glob("*.h5")))
         log(f"FEATURES not given: using the newest complete cache {paths[0]} (of {n} in {cache_dir}/)")
-    args = dict(head_args or {})
-    if "seed" in head_params(head) and "seed" not in args:
-        args["seed"] = 0
-    model = create_head(head, **args)
+    model = create_head(head, **head_arguments(head, head_args))
     run_dir = Path(run) if run else default_run_dir(paths, head)
     names = ",".join(str(p) for p in paths)
     with FeatureSource(paths) as source:

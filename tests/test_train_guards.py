@@ -121,6 +121,43 @@ def test_retraining_a_run_folder_removes_what_the_old_run_left(tmp_path):
     assert not (run / "report.html").exists() and not (run / "confusion_matrix.png").exists()
 
 
+def test_compare_heads_refuses_to_replace_a_tuned_or_exported_run_before_training(tmp_path, monkeypatch):
+    """compare-heads trains into runs/<cache>/<head>, train-head's folder: it replaced a tuned run and deleted its
+    export/, saying so only afterwards."""
+    from heads import compare
+
+    cache = write_cache(tmp_path / "a.h5", OLD)
+    other = write_cache(tmp_path / "b.h5", OLD)
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs") / "a"
+    train_head("logreg", cache, runs / "logreg", head_args={"C": 0.1}, plots=False, **QUIET)
+    train_head("ridge", cache, runs / "ridge", plots=False, **QUIET)  # defaults, as compare-heads trains it...
+    _fake_export(runs / "ridge")  # ...but exported
+    train_head("knn", other, runs / "knn", plots=False, **QUIET)  # another cache, in this cache's folder
+    train_head("sgd", cache, runs / "sgd", plots=False, **QUIET)  # what compare-heads itself would write
+    before = {p: p.stat().st_mtime_ns for p in Path("runs").rglob("*") if p.is_file()}
+    trained: list[str] = []
+    monkeypatch.setattr(compare, "train_head", lambda name, *a, **k: trained.append(name))
+    with pytest.raises(ValueError) as err:
+        compare.compare_heads(cache, ["logreg", "ridge", "knn", "sgd"], **QUIET)
+    assert str(err.value) == (
+        "compare-heads trains each head into runs/a/<head> with its default arguments, which would replace work it "
+        "cannot make again: runs/a/logreg holds a run trained with HEAD_ARGS='C=0.1'; runs/a/ridge holds an export/ "
+        "made by `make export`; runs/a/knn holds a run on b.h5. Pass OUT=<another folder> (--out, out_dir=) to "
+        "compare there, or move those runs away; nothing was trained")
+    assert trained == [] and before == {p: p.stat().st_mtime_ns for p in Path("runs").rglob("*") if p.is_file()}
+    monkeypatch.undo()  # the real train_head again
+    # Over its own runs (default arguments, this cache, no export) a comparison runs again, replacing them
+    monkeypatch.chdir(tmp_path)
+    table = compare.compare_heads(cache, ["sgd"], **QUIET)
+    assert list(table["head"]) == ["sgd"] and (runs / "compare.md").is_file()
+    assert compare.compare_heads(cache, ["sgd"], **QUIET)["val_accuracy"].tolist() == table["val_accuracy"].tolist()
+    # OUT= elsewhere leaves the user's runs alone
+    compare.compare_heads(cache, ["logreg", "ridge"], "elsewhere", **QUIET)
+    assert json.loads((runs / "logreg" / "metrics.json").read_text())["head_args"]["C"] == 0.1
+    assert (runs / "ridge" / "export" / "model.keras").is_file()
+
+
 def test_a_folder_that_is_not_a_run_is_left_alone(tmp_path):
     cache = write_cache(tmp_path / "a.h5", OLD)
     run = tmp_path / "mine"
