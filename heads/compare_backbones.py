@@ -20,7 +20,7 @@ from extract.backbones import BackboneSpec, WeightsUnavailableError, get_backbon
 from extract.cache import DEFAULT_DIR, FeatureCache, parts_dir
 
 from .registry import create_head
-from .train import RANDOM_WEIGHTS_NOTE, scored_on, train_head
+from .train import EXPORT_DIR, RANDOM_WEIGHTS_NOTE, has_export, scored_on, train_head
 
 THROUGHPUT_ATTR = "images_per_second"  # read from the cache when the pipeline records it
 
@@ -89,6 +89,16 @@ def _check_imagenet_weights(specs: Sequence[BackboneSpec], size: int | None) -> 
     ) from err
 
 
+def _refuse_exported_runs(out: Path, backbones: list[str]) -> None:
+    exported = [str(out / name) for name in backbones if has_export(out / name)]
+    if exported:
+        raise ValueError(f"compare-backbones trains a head per backbone into {out}/<backbone>, replacing the run "
+                         f"there, but {' and '.join(exported)} {'holds' if len(exported) == 1 else 'hold'} an "
+                         f"{EXPORT_DIR}/ made by `make export`: pass OUT=<another folder> (--out, out_dir=), or move "
+                         f"{'it' if len(exported) == 1 else 'them'} away. No head was trained; the caches extracted "
+                         f"so far are kept, and a rerun reuses them")
+
+
 def compare_backbones(
     data: str | os.PathLike,
     backbones: Sequence[str],
@@ -118,6 +128,8 @@ def compare_backbones(
     cache_dir = Path(cache_dir)
     overwrite = bool(extract_kwargs.get("overwrite", False))
     rows, note, out = [], "", Path(out_dir) if out_dir else None
+    if out is not None:  # an exported run is work a rerun cannot make again
+        _refuse_exported_runs(out, backbones)
     for name in backbones:
         log(f"== {name}")
         before = {p.name for p in cache_dir.glob("*")} if cache_dir.is_dir() else set()
@@ -134,8 +146,9 @@ def compare_backbones(
         else:
             status = "extracted"
         ips = float(recorded) if recorded is not None else None
-        if out is None:
+        if out is None:  # known now, from the cache's data set name: checked before the first head trains
             out = Path("runs") / f"{_safe(dataset)}-backbones"
+            _refuse_exported_runs(out, backbones)
         m = train_head(head, result.path, out / name, head_args=head_args, cache_dir=cache_dir, plots=plots,
                        log=log).metrics
         note, scored = note or m["note"], scored_on(m)

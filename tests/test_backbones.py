@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +306,15 @@ def test_compare_backbones_extracts_each_once_then_reuses_the_caches(folder_data
     assert list(again["cache"]) == list(table["cache"])[::-1]
     assert list(again["val_accuracy"]) == list(table["val_accuracy"])[::-1]
     assert "cached" in (tmp_path / "out" / "compare_backbones.md").read_text()
+    # A run exported from the comparison is not replaced by the next one (it deleted the export/)
+    (tmp_path / "out" / "xception" / "export").mkdir()
+    (tmp_path / "out" / "xception" / "export" / "model.keras").write_text("{}")
+    with pytest.raises(ValueError, match=rf"^compare-backbones trains a head per backbone into {tmp_path / 'out'}/"
+                                         rf"<backbone>, replacing the run there, but {tmp_path / 'out' / 'xception'} "
+                                         rf"holds an export/ made by `make export`: pass OUT=<another folder>"):
+        compare_backbones(folder_data, ["inceptionv3", "xception"], "logreg", **kw)
+    assert (tmp_path / "out" / "xception" / "export" / "model.keras").is_file()
+    shutil.rmtree(tmp_path / "out" / "xception" / "export")
 
     # A reused cache whose rows are all-zero features (MobileNetV2 with random weights gave them) is flagged.
     import heads.compare_backbones as cb
