@@ -81,8 +81,6 @@ def make_config(
     """Validate settings and return the cache config (everything that changes the features)."""
     spec = get_backbone(backbone)
     size = spec.default_size if size is None else int(size)
-    if weights == "auto":
-        weights = auto_weights(spec, size)
     if size < spec.min_size:
         raise ValueError(f"SIZE={size} is too small for {spec.name}: the minimum is {spec.min_size}")
     if pooling not in POOLINGS:
@@ -91,6 +89,9 @@ def make_config(
         raise ValueError(f"DTYPE={dtype!r} is not one of {', '.join(DTYPES)}")
     if precision not in PRECISIONS:
         raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
+    augmentation = augmentation_config(augment, rounds, seed)
+    if weights == "auto":  # last: getting the weights may take a download
+        weights = auto_weights(spec, size)
     return {
         "backbone": spec.as_config(),
         "size": size,
@@ -101,7 +102,7 @@ def make_config(
         "precision": precision,
         "seed": int(seed),
         "val": float(val),
-        "augmentation": augmentation_config(augment, rounds, seed),
+        "augmentation": augmentation,
     }
 
 
@@ -630,13 +631,14 @@ def extract_features(
     if workers is not None and int(workers) > 1 and devices:
         raise ValueError("DEVICES= (one process, a replica per device) and WORKERS= (one process per device) are "
                          "two ways to use several devices: give one of them")
+    # The settings first: a typo or a missing weights file stops before a long walk of the image folder.
+    config = make_config(backbone=backbone, size=size, pooling=pooling, weights=weights, dtype=dtype,
+                         precision=precision, seed=seed, val=val, augment=augment, rounds=rounds)
     found = discover(data, labels=labels, test=test, val=val, seed=seed, id_col=id_col, label_col=label_col)
     for note in found.notes:
         log(f"note: {note}")
     log(class_summary(found, val))
     inputs = run_inputs(found, labels, test)
-    config = make_config(backbone=backbone, size=size, pooling=pooling, weights=weights, dtype=dtype,
-                         precision=precision, seed=seed, val=val, augment=augment, rounds=rounds)
     batch_size = int(batch_size) if batch_size is not None else default_batch_size(config["size"])
     path = (Path(out).expanduser() if out is not None
             else cache_mod.default_path(found.name, config, Path(cache_dir).expanduser()))

@@ -4,6 +4,7 @@ images skipped under a smaller MAX_PIXELS, settings that would do nothing, devic
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -212,3 +213,20 @@ def test_running_out_of_memory_says_to_lower_batch_and_that_the_run_resumes(monk
                                           r"for an array\): lower BATCH= \(or SIZE=\)\. The parts flushed so far are "
                                           r"kept: the same command resumes\.$"):
         list(pipeline.embed(["a.jpg"], None, 500000, batch_size=2))
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"backbone": "xceptoin"}, "unknown BACKBONE='xceptoin'"),
+    ({"size": 10}, "SIZE=10 is too small for xception: the minimum is 71"),
+    ({"pooling": "mx"}, "POOLING='mx' is not one of"),
+    ({"precision": "fp8"}, "PRECISION='fp8' is not one of"),
+    ({"weights": "/no/such.h5"}, "WEIGHTS='/no/such.h5' is not a file"),
+    ({"augment": "bogus", "rounds": 1}, "AUGMENT='bogus' is not a preset"),
+])
+def test_a_bad_setting_is_refused_before_the_image_folder_is_walked(tmp_path, monkeypatch, setting, message):
+    """They were checked after discovery, which walks every file of DATA (minutes for a large data set)."""
+    import extract.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "discover", lambda *a, **k: pytest.fail("DATA was walked before the settings"))
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
+        extract_features(tmp_path, out=tmp_path / "c.h5", **{**quiet(), **setting})
