@@ -82,7 +82,6 @@ def compare_heads(
     lower, or a head was skipped.
     """
     check_threshold(assert_accuracy)
-    paths = feature_paths(features, cache_dir)
     typed = ",".join(h.strip() for h in heads or [])
     heads = [canonical_head(h) for h in heads or [] if h.strip()]  # HEADS=Dense is dense; HEADS=logreg, is logreg
     named = bool(heads)
@@ -96,6 +95,7 @@ def compare_heads(
     dupes = sorted({h for h in heads if heads.count(h) > 1})
     if dupes:  # each would train into the same run folder, replacing the one before, and fill two rows
         raise ValueError(f"HEADS= names {', '.join(dupes)} twice")
+    paths = feature_paths(features, cache_dir)  # after HEADS=: a typo there is said before any cache is looked at
     with FeatureSource(paths) as source:
         if assert_accuracy is not None and not len(source.rows("val")):
             raise ValueError(f"ASSERT_ACCURACY={assert_accuracy:g} needs validation rows, but "

@@ -578,11 +578,11 @@ def train_head(
         raise TypeError(f"head_args={head_args!r} is text, as HEAD_ARGS= is on the make line; in Python pass a "
                         f"dict{hint}")
     head = canonical_head(head)
+    model = create_head(head, **head_arguments(head, head_args))  # HEAD_ARGS checked before the caches are looked at
     paths = feature_paths(features, cache_dir)
     if features is None or features == "":
         n = len(list(Path(cache_dir).glob("*.h5")))
         log(f"FEATURES not given: using the newest complete cache {paths[0]} (of {n} in {cache_dir}/)")
-    model = create_head(head, **head_arguments(head, head_args))
     run_dir = Path(run) if run else default_run_dir(paths, head)
     names = ",".join(str(p) for p in paths)
     with FeatureSource(paths) as source:

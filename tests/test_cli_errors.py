@@ -103,6 +103,9 @@ def test_an_os_error_is_one_line_and_ctrl_c_says_how_to_resume(capsys, monkeypat
     (["compare", "--features", "never-read.h5", "--heads", "logreg,nosuch"],
      "error: HEADS=logreg,nosuch names an unknown head nosuch; choose from: dense, knn, linear-svm, logreg, ridge, "
      "sgd."),
+    (["compare", "--heads", "logreg,nosuch"],  # no FEATURES= and no cache: HEADS= is still what is said
+     "error: HEADS=logreg,nosuch names an unknown head nosuch; choose from: dense, knn, linear-svm, logreg, ridge, "
+     "sgd."),
 ])
 def test_an_unknown_name_in_a_list_names_the_list_variable(capsys, tmp_path, monkeypatch, argv, said):
     """`make compare-backbones BACKBONES=xception,nosuch` said "unknown BACKBONE='nosuch'" (the single-run

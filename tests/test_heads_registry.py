@@ -129,6 +129,13 @@ def test_bad_head_args_fail_before_the_cache_is_read(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="C=-1"):  # the file does not exist: the argument is checked first
         train_head("logreg", tmp_path / "missing.h5", tmp_path / "run", head_args={"C": -1}, log=lambda m: None)
+    # Without FEATURES=, before the newest cache is looked for (and said: "FEATURES not given: using ...")
+    said: list[str] = []
+    with pytest.raises(ValueError, match="C=-1"):
+        train_head("logreg", None, tmp_path / "run", head_args={"C": -1}, cache_dir=tmp_path, log=said.append)
+    with pytest.raises(ValueError, match="unknown HEAD='logrge'"):
+        train_head("logrge", None, tmp_path / "run", cache_dir=tmp_path, log=said.append)
+    assert said == []
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--features", str(tmp_path / "missing.h5"), "--head-args", "C=abc max_iter=10"])
     assert exit_.value.code == 2
