@@ -30,6 +30,24 @@ VAL ?= 0.2
 SEED ?= 0
 BATCH ?=
 
+# Every variable a target reads, in one place: one given on the command line that is not here (SIZ=100, a typo
+# make would ignore) stops every target before any work.
+KNOWN_VARIABLES := PYTHON VENV EXTRAS TF_CPP_MIN_LOG_LEVEL DATA LABELS TEST ID_COL LABEL_COL OUT FEATURES RUN \
+  HEAD HEADS WEIGHTS SIZE POOLING BACKBONE BACKBONES DTYPE PRECISION VAL SEED BATCH MAX_PIXELS OVERWRITE AUGMENT \
+  ROUNDS DEVICES WORKERS FLUSH_ROWS CACHE_DIR HEAD_ARGS EPOCHS C TRAIN_ROUNDS ASSERT_ACCURACY IMAGES SUBMISSION \
+  FORMATS ALL N
+# The known names that start with NAME (upper-cased: SIZ and size give SIZE), else those it starts with (SIZES).
+space := $(subst ,, )
+near = $(or $(strip $(foreach k,$(KNOWN_VARIABLES),$(if $(filter $(1)%,$(k)),$(k)=))),$(strip $(foreach \
+  k,$(filter-out C N,$(KNOWN_VARIABLES)),$(if $(filter $(k)%,$(1)),$(k)=))))
+did_you_mean = $(if $(1), (did you mean $(subst $(space), or ,$(1))?))
+unknown_hint = $(1)=$($(1))$(call did_you_mean,$(call near,$(shell printf '%s' '$(1)' | tr a-z- A-Z_)))
+UNKNOWN_VARIABLES := $(filter-out $(KNOWN_VARIABLES),$(foreach v,$(.VARIABLES),$(if $(filter command \
+  line,$(origin $(v))),$(v))))
+$(if $(UNKNOWN_VARIABLES),$(error unknown variable$(if $(word 2,$(UNKNOWN_VARIABLES)),s) $(foreach \
+  v,$(UNKNOWN_VARIABLES),$(call unknown_hint,$(v))): make would ignore $(if $(word 2,$(UNKNOWN_VARIABLES)),them,it). \
+  The variables are: $(KNOWN_VARIABLES) (make help; README.md says what each takes)))
+
 # `$(call opt,VAR,--flag)` passes --flag "$(VAR)" only when VAR is set.
 opt = $(if $(strip $($(1))),$(2) "$($(1))")
 # `$(call refuse,target,VARS,why)`: a variable the target would ignore stops it instead (no commas in why).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from extract.__main__ import main as extract_main
@@ -58,6 +60,32 @@ def test_make_refuses_a_variable_the_target_would_drop(target, variables, said):
     out = subprocess.run(["make", "-n", target, *variables], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and said in out.stderr
+
+
+def test_make_refuses_a_misspelled_variable_and_takes_every_documented_one():
+    """`make extract SIZ=100` extracted at the default size and `HEAD_ARG=` trained with default arguments, silently."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def make(*variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-n", "extract", "DATA=d", *variables], cwd=repo, capture_output=True,
+                              text=True, timeout=60)
+
+    out = make("SIZ=100")
+    assert out.returncode == 2 and out.stdout == ""
+    assert "*** unknown variable SIZ=100 (did you mean SIZE=?): make would ignore it. The variables are: " in out.stderr
+    out = make("HEAD_ARG=C=0.1", "cachedir=x")
+    assert "unknown variables HEAD_ARG=C=0.1 (did you mean HEAD_ARGS=?) cachedir=x: make would ignore them" in out.stderr
+    # Every variable the README's tables and `make help` name is known
+    readme = (repo / "README.md").read_text()
+    helped = subprocess.run(["make", "help"], cwd=repo, capture_output=True, text=True, timeout=60).stdout
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    documented |= set(re.findall(r"\b([A-Z][A-Z_]*)\b", helped.split("Variables:")[1])) - {"README", "See"}
+    assert {"WORKERS", "HEAD_ARGS", "C", "N", "ALL", "FORMATS"} <= documented
+    out = make("SIZE=100", *(f"{v}=1" for v in sorted(documented - {"DATA", "SIZE"})))
+    assert out.returncode == 0 and '--size "100"' in out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("target", ["extract", "train-head", "compare-heads", "compare-backbones"])
