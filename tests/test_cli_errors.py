@@ -88,6 +88,21 @@ def test_make_refuses_a_misspelled_variable_and_takes_every_documented_one():
     assert out.returncode == 0 and '--size "100"' in out.stdout, out.stderr
 
 
+@pytest.mark.parametrize("target", ["extract", "preview-augment", "train-head", "compare-heads", "compare-backbones",
+                                    "verify", "predict", "export"])
+def test_make_echoes_the_command_on_one_line_without_the_options_not_given(target):
+    """make echoed `--features "x.h5"  \\`, then lines of a lone `\\` where options were not given."""
+    import subprocess
+    from pathlib import Path
+
+    out = subprocess.run(["make", "-n", target, "DATA=d", "FEATURES=f.h5", "RUN=r", "OUT=o"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    command = [line for line in out.stdout.splitlines() if "/python -m " in line]
+    assert out.returncode == 0 and len(command) == 1, out.stdout + out.stderr
+    assert "\\" not in out.stdout and "  " not in command[0], command[0]
+    assert re.search(r'--(out "o"|run "r"|features "f\.h5")', command[0]), command[0]  # the options given came
+
+
 @pytest.mark.parametrize("target", ["extract", "train-head", "compare-heads", "compare-backbones"])
 def test_cache_dir_reaches_every_target_that_reads_or_writes_default_caches(target):
     """`make help` lists CACHE_DIR, but only compare-backbones passed it: `make extract CACHE_DIR=x` wrote to
