@@ -74,7 +74,7 @@ def test_make_refuses_a_misspelled_variable_and_takes_every_documented_one():
                               text=True, timeout=60)
 
     out = make("SIZ=100")
-    assert out.returncode == 2 and out.stdout == ""
+    assert out.returncode == 2 and "python" not in out.stdout  # (under `make test` it says "Entering directory")
     assert "*** unknown variable SIZ=100 (did you mean SIZE=?): make would ignore it. The variables are: " in out.stderr
     out = make("HEAD_ARG=C=0.1", "cachedir=x")
     assert "unknown variables HEAD_ARG=C=0.1 (did you mean HEAD_ARGS=?) cachedir=x: make would ignore them" in out.stderr

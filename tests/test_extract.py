@@ -167,7 +167,7 @@ def test_csv_errors_name_the_problem(tmp_path):
         discover(images, labels=csv)
     first = good.split()[1]
     csv.write_text(good + first + "\n")
-    with pytest.raises(DataError, match="appear more than once"):
+    with pytest.raises(DataError, match="^1 id appears more than once"):
         discover(images, labels=csv)
     csv.write_text(good + "../escape,circle\n")
     with pytest.raises(DataError, match="outside DATA"):
