@@ -459,7 +459,10 @@ def _csvs_near(data: Path) -> list[Path]:
 
 def _flat_files(folder: Path) -> int:
     """How many files ``folder`` holds directly when it has no subfolder: Kaggle's flat image folder; else 0."""
-    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    try:
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    except OSError:  # unreadable: the error discovery gives for it is the one to show
+        return 0
     return 0 if any(e.is_dir() for e in entries) else len(entries)
 
 
