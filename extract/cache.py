@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import h5py
 import numpy as np
@@ -502,13 +502,20 @@ def replaceable(path: str | os.PathLike) -> bool:
         return True
 
 
-def _caches_hint(missing: Path, shown: int = 10) -> str:
+def newest_first(paths: list[Path], stamped: Callable[[Path], Path] = lambda p: p, shown: int = 10) -> str:
+    """``paths`` newest first (by the mtime of ``stamped(path)``), at most ``shown`` and how many more: to copy one
+    from an error message."""
+    ordered = sorted(paths, key=lambda p: stamped(p).stat().st_mtime, reverse=True)
+    more = f" (and {len(ordered) - shown} older)" if len(ordered) > shown else ""
+    return ", ".join(map(str, ordered[:shown])) + more
+
+
+def _caches_hint(missing: Path) -> str:
     """For a cache path that does not exist: the caches beside it (or in features_cache/), newest first, to copy."""
     for folder in dict.fromkeys([missing.parent, Path(DEFAULT_DIR)]):
-        caches = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+        caches = list(folder.glob("*.h5")) if folder.is_dir() else []
         if caches:
-            more = f" (and {len(caches) - shown} older)" if len(caches) > shown else ""
-            return f"The caches in {folder}/, newest first: {', '.join(str(p) for p in caches[:shown])}{more}."
+            return f"The caches in {folder}/, newest first: {newest_first(caches)}."
     return "Run `make extract DATA=...` first."
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from extract.cache import FeatureCache
+from extract.cache import FeatureCache, newest_first
 
 from .base import HEAD_FILE, load_head
 from .train import RANDOM_WEIGHTS_PREDICTIONS_NOTE, FeatureSource, full_proba
@@ -77,14 +77,12 @@ def _write_csv(frame: pd.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _known_runs_hint(root: Path = Path("runs"), shown: int = 10) -> str:
-    """The run folders under ``root`` (newest first, at most ``shown``), for a RUN= that is not one."""
-    runs = sorted((f.parent for f in root.rglob("run.json")), key=lambda d: (d / "run.json").stat().st_mtime,
-                  reverse=True) if root.is_dir() else []
+def _known_runs_hint(root: Path = Path("runs")) -> str:
+    """The run folders under ``root``, newest first, for a RUN= that is not one."""
+    runs = [f.parent for f in root.rglob("run.json")] if root.is_dir() else []
     if not runs:
         return "train one with `make train-head`; runs are under runs/<cache>/<head>/"
-    more = f" (and {len(runs) - shown} older)" if len(runs) > shown else ""
-    return f"the runs under {root}/, newest first: {', '.join(str(d) for d in runs[:shown])}{more}"
+    return f"the runs under {root}/, newest first: {newest_first(runs, lambda d: d / 'run.json')}"
 
 
 def read_run_info(run: Path) -> dict:
