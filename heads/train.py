@@ -486,7 +486,9 @@ def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path], head_args: di
         lost.append(f"a {info.get('head')} head")
     else:
         wanted = json.loads(json.dumps(create_head(head, **head_arguments(head, head_args)).get_params()))
-        differ = [f"{k}={v}" for k, v in (metrics.get("head_args") or {}).items() if wanted.get(k) != v]
+        # as HEAD_ARGS spells them (standardize=false, not Python's False), so the run can be made again
+        differ = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                  for k, v in (metrics.get("head_args") or {}).items() if wanted.get(k) != v]
         if differ:
             lost.append(f"a run trained with HEAD_ARGS='{' '.join(differ)}'")
     if metrics.get("train_rounds", "all") != train_rounds:

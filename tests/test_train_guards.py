@@ -157,6 +157,24 @@ def test_compare_heads_refuses_to_replace_a_tuned_or_exported_run_before_trainin
     assert json.loads((runs / "logreg" / "metrics.json").read_text())["head_args"]["C"] == 0.1
     assert (runs / "ridge" / "export" / "model.keras").is_file()
 
+def _dense_run(run: Path, cache: Path, **changed) -> None:
+    """A dense run's run.json and metrics.json (all work_at_stake reads), trained on ``cache`` with ``changed``."""
+    from heads.registry import create_head
+
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"head": "dense", "feature_files": [str(cache.resolve())]}))
+    (run / "metrics.json").write_text(json.dumps({"head_args": {**create_head("dense", seed=0).get_params(), **changed},
+                                                  "train_rounds": "all"}))
+
+
+def test_work_at_stake_names_head_args_as_head_args_spells_them(tmp_path):
+    """It said HEAD_ARGS='standardize=False', Python's spelling, which HEAD_ARGS refuses."""
+    from heads.train import work_at_stake
+
+    _dense_run(tmp_path / "dense", tmp_path / "a.h5", units=64, units2=16, standardize=False)
+    assert work_at_stake(tmp_path / "dense", "dense", [tmp_path / "a.h5"]) == [
+        "a run trained with HEAD_ARGS='units=64 units2=16 standardize=false'"]
+    assert parse_head_args("units=64 units2=16 standardize=false") == {"units": 64, "units2": 16, "standardize": False}
 
 def test_a_folder_that_is_not_a_run_is_left_alone(tmp_path):
     cache = write_cache(tmp_path / "a.h5", OLD)
