@@ -479,9 +479,12 @@ def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path], head_args: di
     except (OSError, ValueError):
         return ["a run whose run.json or metrics.json cannot be read", *export]
     lost = []
-    files = info.get("feature_files") or [info.get("features")]
-    if files != [str(Path(p).resolve()) for p in paths]:
-        lost.append(f"a run on {', '.join(Path(str(f)).name for f in files)}")
+    files = [str(f) for f in info.get("feature_files") or [info.get("features")]]
+    wanted_files = [str(Path(p).resolve()) for p in paths]
+    if files != wanted_files:  # a file named as one of these but elsewhere (a moved cache) by its path
+        names = {Path(f).name for f in wanted_files}
+        lost.append("a run on " + ", ".join(f if Path(f).name in names and f not in wanted_files else Path(f).name
+                                            for f in files))
     if info.get("head") != head:
         lost.append(f"a {info.get('head')} head")
     else:

@@ -176,6 +176,18 @@ def test_work_at_stake_names_head_args_as_head_args_spells_them(tmp_path):
         "a run trained with HEAD_ARGS='units=64 units2=16 standardize=false'"]
     assert parse_head_args("units=64 units2=16 standardize=false") == {"units": 64, "units2": 16, "standardize": False}
 
+def test_work_at_stake_names_the_path_of_another_cache_of_the_same_name(tmp_path):
+    """A run on another a.h5 (the cache folder renamed, the clone moved) said 'a run on a.h5' to a comparison on
+    a.h5."""
+    from heads.train import work_at_stake
+
+    old, new = tmp_path / "old" / "a.h5", tmp_path / "new" / "a.h5"
+    _dense_run(tmp_path / "dense", old)
+    assert work_at_stake(tmp_path / "dense", "dense", [new]) == [f"a run on {old.resolve()}"]
+    assert work_at_stake(tmp_path / "dense", "dense", [tmp_path / "b.h5"]) == ["a run on a.h5"]
+    assert work_at_stake(tmp_path / "dense", "dense", [old]) == []
+
+
 def test_a_folder_that_is_not_a_run_is_left_alone(tmp_path):
     cache = write_cache(tmp_path / "a.h5", OLD)
     run = tmp_path / "mine"
