@@ -116,7 +116,7 @@ def compare_heads(
     out_dir = Path(out_dir) if out_dir else Path("runs") / stem
     # Each head trains into out_dir/<head>, the run folder `make train-head` uses too: never over a run made by
     # hand (other arguments, an export), found before the first head trains.
-    at_stake = {out_dir / name: work_at_stake(out_dir / name, name, paths, train_rounds=train_rounds)
+    at_stake = {out_dir / name: work_at_stake(out_dir / name, name, paths)
                 for name in heads}
     held = [f"{run} holds {' and '.join(lost)}" for run, lost in at_stake.items() if lost]
     if held:

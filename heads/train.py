@@ -465,11 +465,12 @@ def head_arguments(head: str, head_args: dict[str, Any] | None = None) -> dict[s
     return args
 
 
-def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path], head_args: dict[str, Any] | None = None,
-                  train_rounds: str = "all") -> list[str]:
+def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path],
+                  head_args: dict[str, Any] | None = None) -> list[str]:
     """What training ``head`` (with ``head_args``, on ``paths``) into ``run_dir`` would destroy and not make again:
-    a run there of another head, cache, HEAD_ARGS or TRAIN_ROUNDS, and an export/. Empty when ``run_dir`` holds no
-    run, or one this training would reproduce (re-running a comparison replaces its own runs)."""
+    a run there of another head, cache or HEAD_ARGS, and an export/. Empty when ``run_dir`` holds no run, or one
+    this training makes again but for TRAIN_ROUNDS (re-running a comparison, with other rounds too, replaces its
+    own runs)."""
     if not (run_dir / "run.json").is_file():
         return []
     export = [f"an {EXPORT_DIR}/ made by `make export`"] if has_export(run_dir) else []
@@ -494,8 +495,6 @@ def work_at_stake(run_dir: Path, head: str, paths: Sequence[Path], head_args: di
                   for k, v in (metrics.get("head_args") or {}).items() if wanted.get(k) != v]
         if differ:
             lost.append(f"a run trained with HEAD_ARGS='{' '.join(differ)}'")
-    if metrics.get("train_rounds", "all") != train_rounds:
-        lost.append(f"a run trained with TRAIN_ROUNDS={metrics.get('train_rounds')}")
     return lost + export
 
 

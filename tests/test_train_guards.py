@@ -152,6 +152,7 @@ def test_compare_heads_refuses_to_replace_a_tuned_or_exported_run_before_trainin
     table = compare.compare_heads(cache, ["sgd"], **QUIET)
     assert list(table["head"]) == ["sgd"] and (runs / "compare.md").is_file()
     assert compare.compare_heads(cache, ["sgd"], **QUIET)["val_accuracy"].tolist() == table["val_accuracy"].tolist()
+    compare.compare_heads(cache, ["sgd"], train_rounds="clean", **QUIET)  # other rounds: still its own run
     # OUT= elsewhere leaves the user's runs alone
     compare.compare_heads(cache, ["logreg", "ridge"], "elsewhere", **QUIET)
     assert json.loads((runs / "logreg" / "metrics.json").read_text())["head_args"]["C"] == 0.1
