@@ -211,3 +211,16 @@ def test_a_full_runs_report_from_stand_in_runs(tmp_path, monkeypatch):
     assert ("- 100 px: (a) 100.0, 96.0, 90.0; extract 102.4, 102.4, 96.0; extract-w2 118.2, 118.2, 118.2; classic "
             "76.8, 76.8, 76.8; b/a 1.02, 1.07, 1.07; b/c 1.33, 1.33, 1.25") in report
     assert "extract-w2 N=512: 9.0 [1,005 MB], 9.0 [1,005 MB], 9.0 [1,005 MB]" in report
+
+
+def test_logreg_c_prints_a_row_per_c(folder_cache, capsys):
+    """``bench.logreg_c`` runs (timings belong to the bench): a row per C with the head's lbfgs iteration count
+    and fit seconds, and the random-weights note under the table."""
+    from bench import logreg_c
+
+    logreg_c.main(["--features", str(folder_cache), "--C", "0.001,100"])
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| 0.001", "| 100"))]
+    assert [r[0].strip() for r in rows] == ["0.001", "100"]
+    assert all(int(r[1]) >= 1 and float(r[2]) >= 0 for r in rows)
+    assert "random backbone weights" in out
